@@ -1,0 +1,30 @@
+#!/usr/bin/env -S deno run --allow-net --allow-read --allow-write
+/**
+ * Event-based echo server: every client is a task on one event loop.
+ *
+ * The I/O-multiplexing model (CS:APP's `select` server, an epoll loop in C):
+ * one thread waits on every socket at once and serves whichever is ready.
+ * Deno's event loop *is* that loop, so each client is just an async function
+ * that the loop resumes when its socket has bytes. Clients cost a few KiB each
+ * and no thread or process, so thousands are cheap; but everything shares one
+ * thread, so a client whose request burns CPU stalls all the others.
+ *
+ * Run:  deno run -A evented.ts 8080
+ * Try:  many `nc 127.0.0.1 8080` at once: all are answered. Then restart with
+ *       `--cpu-ms 200` and type in two of them at the same time: each echo
+ *       waits for the other's 200 ms, because there is only one thread.
+ */
+import { parseServerArgs, startServer } from "./protocol.ts";
+
+const options = parseServerArgs(Deno.args, {
+  script: "evented.ts",
+  model: "evented",
+  summary:
+    "Event-based echo server: every client is an async task on one event loop.",
+  defaultMaxConns: 10_000,
+});
+const server = await startServer(options, { model: "evented" });
+
+for await (const conn of server.clients()) {
+  server.serve(conn); // not awaited: the loop goes back to accept at once
+}

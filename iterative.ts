@@ -1,0 +1,30 @@
+#!/usr/bin/env -S deno run --allow-net --allow-read --allow-write
+/**
+ * Iterative echo server: one client at a time.
+ *
+ * The simplest server there is (CS:APP's `echoserveri.c`): accept a client,
+ * serve it until it closes, accept the next. While one client is served the
+ * others wait in the kernel's listen backlog: connected, but not answered.
+ * That is fine for short exchanges and terrible for a slow or silent client,
+ * which holds everyone else up; `--idle-timeout` bounds how long.
+ *
+ * Run:  deno run -A iterative.ts 8080
+ * Try:  two `nc 127.0.0.1 8080` at once: the second gets no echo until the
+ *       first one quits. Then restart with `--idle-timeout 5` and leave the
+ *       first one silent.
+ */
+import { parseServerArgs, startServer } from "./protocol.ts";
+
+const options = parseServerArgs(Deno.args, {
+  script: "iterative.ts",
+  model: "iterative",
+  summary:
+    "Iterative echo server: serves one client at a time; the others wait.",
+  defaultMaxConns: 1,
+  fixedMaxConns: true,
+});
+const server = await startServer(options, { model: "iterative" });
+
+for await (const conn of server.clients()) {
+  await server.serve(conn); // the next client waits in the backlog meanwhile
+}

@@ -1,0 +1,448 @@
+/**
+ * Test harness: start a script as a real subprocess on port 0, read its banner
+ * and log, talk to it over real sockets, and always end what was started, by
+ * pid, even when a test fails or times out.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+
+/** The project root, where the scripts and deno.json live. */
+export const ROOT: string = new URL("..", import.meta.url).pathname;
+
+/** How a subprocess ended, with everything it wrote on stderr. */
+export interface Exit {
+  code: number;
+  signal: Deno.Signal | null;
+  stderr: string;
+}
+
+/** A script running as a subprocess, its stdout read line by line. */
+export class Script implements AsyncDisposable {
+  /** Every stdout line so far. */
+  readonly lines: string[] = [];
+  /** Resolves when the process has exited and its output is read. */
+  readonly exited: Promise<Exit>;
+  #child: Deno.ChildProcess;
+  #waiters = new Set<() => void>();
+  #stderr = "";
+  #done = false;
+
+  /** Spawns `deno run -A SCRIPT ARGS...` in the project root. */
+  constructor(
+    script: string,
+    args: string[],
+    options: { stdin?: "piped" | "null" } = {},
+  ) {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script, ...args],
+      cwd: ROOT,
+      stdin: options.stdin ?? "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    this.#child = child;
+    running.add(this);
+    const stdout = this.#readLines();
+    const stderr = this.#readStderr();
+    this.exited = (async () => {
+      const status = await child.status;
+      await Promise.all([stdout, stderr]);
+      this.#done = true;
+      running.delete(this);
+      this.#notify();
+      return { code: status.code, signal: status.signal, stderr: this.#stderr };
+    })();
+  }
+
+  /** The process id: what the test signals and kills. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /** The child's stdin, when started with `stdin: "piped"`. */
+  get stdin(): WritableStream<Uint8Array> {
+    return this.#child.stdin;
+  }
+
+  /** Everything written on stderr so far. */
+  get stderr(): string {
+    return this.#stderr;
+  }
+
+  /** Sends `signal` to the process, unless it has already exited. */
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    if (this.#done) return;
+    try {
+      this.#child.kill(signal);
+    } catch { /* exited in between */ }
+  }
+
+  /**
+   * Resolves with the first stdout line at index `from` or later that matches
+   * `pattern`; rejects after `ms`, or when the process exits without one.
+   */
+  async waitForLine(pattern: RegExp, ms = 10_000, from = 0): Promise<string> {
+    const deadline = AbortSignal.timeout(ms);
+    for (let i = from;;) {
+      for (; i < this.lines.length; i++) {
+        if (pattern.test(this.lines[i])) return this.lines[i];
+      }
+      if (this.#done) {
+        throw new Error(
+          `exited without printing ${pattern}; stderr: ${this.#stderr}`,
+        );
+      }
+      if (deadline.aborted) {
+        throw new Error(
+          `no line matching ${pattern} within ${ms} ms; got:\n${
+            this.lines.join("\n")
+          }`,
+        );
+      }
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          this.#waiters.delete(wake);
+          deadline.removeEventListener("abort", wake);
+          resolve();
+        };
+        this.#waiters.add(wake);
+        deadline.addEventListener("abort", wake);
+      });
+    }
+  }
+
+  /** Resolves with how the process ended; rejects if it takes over `ms`. */
+  async waitForExit(ms = 10_000): Promise<Exit> {
+    return await withTimeout(this.exited, ms, `pid ${this.pid} to exit`);
+  }
+
+  /** Ends the process if still running (SIGKILL) and waits for it. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.kill("SIGKILL");
+    await this.exited;
+  }
+
+  #notify(): void {
+    for (const wake of [...this.#waiters]) wake();
+  }
+
+  async #readLines(): Promise<void> {
+    let partial = "";
+    for await (
+      const text of this.#child.stdout.pipeThrough(new TextDecoderStream())
+    ) {
+      const parts = (partial + text).split("\n");
+      partial = parts.pop()!;
+      this.lines.push(...parts);
+      this.#notify();
+    }
+    if (partial) this.lines.push(partial);
+  }
+
+  async #readStderr(): Promise<void> {
+    for await (
+      const text of this.#child.stderr.pipeThrough(new TextDecoderStream())
+    ) {
+      this.#stderr += text;
+    }
+  }
+}
+
+/** Every script started and not yet exited: what a test must end. */
+const running = new Set<Script>();
+
+/** A server started on port 0, its banner read. */
+export class Server extends Script {
+  /** The first stdout line. */
+  banner = "";
+  /** The host from the banner (IPv6 without brackets). */
+  host = "";
+  /** The real port from the banner. */
+  port = 0;
+  /** The Unix socket path from the banner, for `--unix`. */
+  path = "";
+
+  /** Connects a client to this server (TCP or Unix, as it listens). */
+  connect(): Promise<Deno.Conn> {
+    return this.path
+      ? Deno.connect({ transport: "unix", path: this.path })
+      : Deno.connect({ hostname: this.host, port: this.port });
+  }
+}
+
+/**
+ * Starts `script` as a server and resolves once its banner is printed. Unless
+ * `args` says where to listen, it listens on port 0.
+ */
+export async function startServer(
+  script: string,
+  args: string[] = [],
+): Promise<Server> {
+  const where = args.some((arg) => arg === "--unix") ||
+    /^\d+$/.test(args[0] ?? "");
+  const server = new Server(script, where ? args : ["0", ...args]);
+  try {
+    server.banner = await server.waitForLine(/./, 15_000);
+  } catch (error) {
+    await server[Symbol.asyncDispose]();
+    throw error;
+  }
+  const json = server.banner.startsWith("{");
+  if (json) {
+    const event = JSON.parse(server.banner);
+    server.host = event.host ?? "";
+    server.port = event.port ?? 0;
+    server.path = event.path ?? "";
+  } else {
+    const match = server.banner.match(
+      /^listening on (?:unix:(\S+)|\[?([^\]\s]+?)\]?:(\d+))(?: |$)/,
+    );
+    assert.ok(match, `not a banner: ${server.banner}`);
+    server.path = match[1] ?? "";
+    server.host = match[2] ?? "";
+    server.port = Number(match[3] ?? 0);
+  }
+  return server;
+}
+
+/** Runs `script ARGS...` to its end (at most `ms`) and returns how it ended. */
+export async function runScript(
+  script: string,
+  args: string[],
+  ms = 15_000,
+): Promise<Exit & { stdout: string }> {
+  await using run = new Script(script, args);
+  const exit = await run.waitForExit(ms);
+  return { ...exit, stdout: run.lines.join("\n") };
+}
+
+/**
+ * Registers a test bounded to `ms` that ends, by pid, every process it
+ * started, whether it passes, fails or times out.
+ */
+export function serverTest(
+  name: string,
+  fn: () => Promise<void>,
+  options: { ms?: number; ignore?: boolean } = {},
+): void {
+  const ms = options.ms ?? 30_000;
+  Deno.test({
+    name,
+    ignore: options.ignore,
+    async fn() {
+      const before = new Set(running);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        await Promise.race([
+          fn(),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`test timed out after ${ms} ms`)),
+              ms,
+            );
+          }),
+        ]);
+      } finally {
+        clearTimeout(timer);
+        const started = [...running].filter((script) => !before.has(script));
+        await Promise.all(
+          started.map((script) => script[Symbol.asyncDispose]()),
+        );
+      }
+    },
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Sockets and bytes
+// ---------------------------------------------------------------------------
+
+/** Rejects with "timed out waiting for WHAT" if `promise` takes over `ms`. */
+export async function withTimeout<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`timed out waiting for ${what} (${ms} ms)`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Resolves true if `promise` settles within `ms`, false if not. For asserting
+ * that something does *not* happen (a waiting client gets no echo), where no
+ * event exists to await and a bounded wait is the only witness.
+ */
+export async function settlesWithin(
+  promise: Promise<unknown>,
+  ms: number,
+): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const settled = await Promise.race([
+    promise.then(() => true, () => true),
+    new Promise<boolean>((resolve) =>
+      timer = setTimeout(() => resolve(false), ms)
+    ),
+  ]);
+  clearTimeout(timer);
+  return settled;
+}
+
+/** Writes all of `bytes`. */
+export async function writeAll(
+  conn: Deno.Conn,
+  bytes: Uint8Array,
+): Promise<void> {
+  for (let off = 0; off < bytes.length;) {
+    off += await conn.write(bytes.subarray(off));
+  }
+}
+
+/** Reads exactly `n` bytes; rejects if the stream ends first. */
+export async function readExactly(
+  conn: Deno.Conn,
+  n: number,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  for (let off = 0; off < n;) {
+    const got = await conn.read(out.subarray(off));
+    if (got === null) {
+      throw new Error(`stream ended after ${off} of ${n} bytes`);
+    }
+    off += got;
+  }
+  return out;
+}
+
+/** Reads until the peer closes; returns everything read. */
+export async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    chunks.push(buffer.slice(0, n));
+  }
+  return concat(chunks);
+}
+
+/** Joins byte arrays. */
+export function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(
+    chunks.reduce((sum, chunk) => sum + chunk.length, 0),
+  );
+  let off = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, off);
+    off += chunk.length;
+  }
+  return out;
+}
+
+/** Sends `bytes` and resolves with the echo of exactly as many bytes. */
+export async function roundTrip(
+  conn: Deno.Conn,
+  bytes: Uint8Array,
+): Promise<Uint8Array> {
+  const [echoed] = await Promise.all([
+    readExactly(conn, bytes.length),
+    writeAll(conn, bytes),
+  ]);
+  return echoed;
+}
+
+/** Sends `text` and resolves with the echoed text. */
+export async function roundTripText(
+  conn: Deno.Conn,
+  text: string,
+): Promise<string> {
+  return new TextDecoder().decode(
+    await roundTrip(conn, new TextEncoder().encode(text)),
+  );
+}
+
+/**
+ * `size` bytes of a repeatable pseudo-random pattern (xorshift32 from `seed`),
+ * every byte value included: data that a dropped, duplicated or reordered
+ * chunk cannot match by chance.
+ */
+export function pattern(size: number, seed = 1): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed || 1;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+/** Asserts two byte arrays are equal, naming the first differing offset. */
+export function assertSameBytes(
+  actual: Uint8Array,
+  expected: Uint8Array,
+  what = "echo",
+): void {
+  const n = Math.min(actual.length, expected.length);
+  let i = 0;
+  while (i < n && actual[i] === expected[i]) i++;
+  if (i < n || actual.length !== expected.length) {
+    assert.fail(
+      `${what}: ${actual.length} bytes instead of ${expected.length}, first difference at ${i}`,
+    );
+  }
+}
+
+/**
+ * Streams `bytes` to the server while reading the echo concurrently, and
+ * asserts the echo is byte-identical. Half-closes after writing and requires
+ * the server to close after the last byte.
+ */
+export async function streamAndCheck(
+  conn: Deno.Conn,
+  bytes: Uint8Array,
+): Promise<void> {
+  const writing = (async () => {
+    const chunk = 64 * 1024;
+    for (let off = 0; off < bytes.length; off += chunk) {
+      await writeAll(conn, bytes.subarray(off, off + chunk));
+    }
+    await conn.closeWrite();
+  })();
+  const [echoed] = await Promise.all([readToEnd(conn), writing]);
+  assertSameBytes(echoed, bytes);
+}
+
+/** Resolves with the process's resident set size, in KiB (Linux /proc). */
+export async function rssKiB(
+  pid: number,
+  field: "VmRSS" | "VmHWM" = "VmRSS",
+): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  const match = status.match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"));
+  assert.ok(match, `no ${field} in /proc/${pid}/status`);
+  return Number(match[1]);
+}
+
+/** Asserts stderr is one-line-reason shaped: no stack trace, no panic. */
+export function assertNoStackTrace(stderr: string): void {
+  assert.doesNotMatch(
+    stderr,
+    /^\s+at |Uncaught|panicked|Stack backtrace/m,
+    stderr,
+  );
+}
