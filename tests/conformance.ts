@@ -19,6 +19,7 @@ import {
   settlesWithin,
   startServer,
   streamAndCheck,
+  talkAtOnce,
   withTimeout,
   writeAll,
 } from "./harness.ts";
@@ -31,6 +32,12 @@ export interface ConformanceOptions {
   concurrent: boolean;
   /** More command lines that must be rejected with exit 2. */
   badArgs?: string[][];
+  /**
+   * False when the model cannot serve on a Unix socket (prefork.ts: its
+   * workers share a TCP port with SO_REUSEPORT): the --unix test is then
+   * ignored, and `["--unix", PATH]` belongs in `badArgs`.
+   */
+  unix?: boolean;
   /** Process ids whose memory counts as the server's (children, default: the server). */
   serverPids?: (pid: number) => Promise<number[]>;
 }
@@ -100,6 +107,9 @@ export function echoServerConformance(
     async () => {
       await using server = await start();
       using conn = await server.connect();
+      // Served, so whatever serves it (a child process, a worker) is up and
+      // its memory is in the baseline, not in the growth.
+      assert.equal(await roundTripText(conn, "ready"), "ready");
       const pids = await (options.serverPids?.(server.pid) ??
         Promise.resolve([server.pid]));
       const rssBefore = (await Promise.all(pids.map((pid) => rssKiB(pid))))
@@ -159,9 +169,17 @@ export function echoServerConformance(
       }
       using next = await server.connect();
       await streamAndCheck(next, pattern(1 * MiB, 99));
-      await server.waitForLine(/#10 .*closed/);
+      // Counted, not numbered: in a pool each worker numbers its own clients.
+      await server.waitForLines(/ closed \(/, 10);
     },
   );
+
+  if (options.concurrent) {
+    serverTest(`${name}: serves 20 clients at once`, async () => {
+      await using server = await start();
+      await talkAtOnce(server, 20);
+    });
+  }
 
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     serverTest(
@@ -281,6 +299,7 @@ export function echoServerConformance(
         await Deno.remove(dir, { recursive: true });
       }
     },
+    { ignore: options.unix === false },
   );
 
   serverTest(

@@ -32,7 +32,15 @@ export class Script implements AsyncDisposable {
   constructor(
     script: string,
     args: string[],
-    options: { stdin?: "piped" | "null" } = {},
+    options: {
+      stdin?: "piped" | "null";
+      /**
+       * Run it in a session and process group of its own, as a shell runs a
+       * job, so that `Deno.kill(-pid, signal)` signals the whole group the
+       * way a terminal's Ctrl-C does.
+       */
+      detached?: boolean;
+    } = {},
   ) {
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", script, ...args],
@@ -41,6 +49,7 @@ export class Script implements AsyncDisposable {
       stdout: "piped",
       stderr: "piped",
       env: { NO_COLOR: "1" },
+      detached: options.detached ?? false,
     }).spawn();
     this.#child = child;
     running.add(this);
@@ -113,6 +122,30 @@ export class Script implements AsyncDisposable {
     }
   }
 
+  /**
+   * Resolves with the first `count` stdout lines that match `pattern`, once
+   * there are that many (say, one "closed" line per client, whatever numbers
+   * the clients got); rejects like {@linkcode waitForLine} after `ms` in all.
+   */
+  async waitForLines(
+    pattern: RegExp,
+    count: number,
+    ms = 10_000,
+  ): Promise<string[]> {
+    const deadline = performance.now() + ms;
+    const found: string[] = [];
+    for (let from = 0; found.length < count;) {
+      const line = await this.waitForLine(
+        pattern,
+        Math.max(0, deadline - performance.now()),
+        from,
+      );
+      from = this.lines.indexOf(line, from) + 1;
+      found.push(line);
+    }
+    return found;
+  }
+
   /** Resolves with how the process ended; rejects if it takes over `ms`. */
   async waitForExit(ms = 10_000): Promise<Exit> {
     return await withTimeout(this.exited, ms, `pid ${this.pid} to exit`);
@@ -179,10 +212,11 @@ export class Server extends Script {
 export async function startServer(
   script: string,
   args: string[] = [],
+  options: { detached?: boolean } = {},
 ): Promise<Server> {
   const where = args.some((arg) => arg === "--unix") ||
     /^\d+$/.test(args[0] ?? "");
-  const server = new Server(script, where ? args : ["0", ...args]);
+  const server = new Server(script, where ? args : ["0", ...args], options);
   try {
     server.banner = await server.waitForLine(/./, 15_000);
   } catch (error) {
@@ -427,6 +461,58 @@ export async function streamAndCheck(
   assertSameBytes(echoed, bytes);
 }
 
+/**
+ * Connects `count` clients and, while all of them stay connected, has every
+ * one send and check an echo, `rounds` times: a server that serves clients one
+ * at a time cannot pass.
+ */
+export async function talkAtOnce(
+  server: Server,
+  count: number,
+  rounds = 3,
+): Promise<void> {
+  const clients = await Promise.all(
+    Array.from({ length: count }, () => server.connect()),
+  );
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const echoes = await Promise.all(
+        clients.map((conn, i) => roundTripText(conn, `${round}:${i}`)),
+      );
+      echoes.forEach((echo, i) => assert.equal(echo, `${round}:${i}`));
+    }
+  } finally {
+    clients.forEach((conn) => conn.close());
+  }
+}
+
+/**
+ * For a server started with `--max-conns 2`: two clients are served, a third
+ * one is connected (in the backlog) but gets no echo until one of the first
+ * two leaves. `whileWaiting` runs while the third waits (to count children or
+ * workers, say).
+ */
+export async function assertThirdClientWaits(
+  server: Server,
+  whileWaiting?: () => Promise<void>,
+): Promise<void> {
+  using first = await server.connect();
+  using second = await server.connect();
+  assert.equal(await roundTripText(first, "1"), "1");
+  assert.equal(await roundTripText(second, "2"), "2");
+  using third = await server.connect(); // waits in the backlog, not refused
+  const thirdEcho = roundTripText(third, "3");
+  assert.equal(
+    await settlesWithin(thirdEcho, 500),
+    false,
+    "third client served over the limit",
+  );
+  assert.equal(await roundTripText(second, "2 again"), "2 again");
+  await whileWaiting?.();
+  first.close();
+  assert.equal(await thirdEcho, "3");
+}
+
 /** Resolves with the process's resident set size, in KiB (Linux /proc). */
 export async function rssKiB(
   pid: number,
@@ -445,4 +531,63 @@ export function assertNoStackTrace(stderr: string): void {
     /^\s+at |Uncaught|panicked|Stack backtrace/m,
     stderr,
   );
+}
+
+// ---------------------------------------------------------------------------
+// Processes (Linux /proc)
+// ---------------------------------------------------------------------------
+
+/** The pids of `pid`'s children, zombies included, sorted; [] once it is gone. */
+export async function childrenOf(pid: number): Promise<number[]> {
+  const pids: number[] = [];
+  try {
+    for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
+      const text = await Deno.readTextFile(
+        `/proc/${pid}/task/${task.name}/children`,
+      )
+        .catch(() => "");
+      pids.push(...text.split(" ").filter(Boolean).map(Number));
+    }
+  } catch { /* the process is gone */ }
+  return pids.sort((a, b) => a - b);
+}
+
+/** `pid` and all its descendants. */
+export async function processTree(pid: number): Promise<number[]> {
+  const pids = [pid];
+  for (const child of await childrenOf(pid)) {
+    pids.push(...await processTree(child));
+  }
+  return pids;
+}
+
+/** The state letter of a process (R, S, Z...), or undefined when it is gone. */
+export async function processState(pid: number): Promise<string | undefined> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2)[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Polls `check` until it returns something truthy, and resolves with that;
+ * rejects after `ms`. Only for what no event announces to an outside observer
+ * (a process gone, a thread ended, a port refusing).
+ */
+export async function eventually<T>(
+  check: () => Promise<T> | T,
+  ms: number,
+  what: string,
+): Promise<T> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const result = await check();
+    if (result) return result;
+    if (performance.now() > deadline) {
+      throw new Error(`timed out waiting for ${what} (${ms} ms)`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
