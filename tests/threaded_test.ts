@@ -1,0 +1,396 @@
+import assert from "node:assert/strict";
+import { echoServerConformance } from "./conformance.ts";
+import {
+  assertNoStackTrace,
+  assertSameBytes,
+  assertThirdClientWaits,
+  eventually,
+  pattern,
+  readExactly,
+  readToEnd,
+  roundTrip,
+  roundTripText,
+  rssKiB,
+  type Server,
+  serverTest,
+  settlesWithin,
+  startServer,
+  withTimeout,
+  writeAll,
+} from "./harness.ts";
+
+const SCRIPT = "threaded.ts";
+const POOL = ["--pool", "2"];
+const MiB = 1024 * 1024;
+
+const badPools = [
+  ["--pool", "0"],
+  ["--pool", "x"],
+  ["--pool", "1.5"],
+  ["--pool", "257"],
+  ["--pool"],
+  ["--pool", "4", "--max-conns", "2"],
+];
+echoServerConformance(SCRIPT, { concurrent: true, badArgs: badPools });
+echoServerConformance(SCRIPT, {
+  args: POOL,
+  concurrent: true,
+  badArgs: badPools,
+});
+
+// ---------------------------------------------------------------------------
+// What the threads are: counted in /proc, named in the log
+// ---------------------------------------------------------------------------
+
+/** The OS thread ids of the server's worker threads (Deno names them worker-N). */
+async function workerThreads(pid: number): Promise<number[]> {
+  const threads = [];
+  for await (const task of Deno.readDir(`/proc/${pid}/task`)) {
+    try {
+      const comm = await Deno.readTextFile(
+        `/proc/${pid}/task/${task.name}/comm`,
+      );
+      if (/^worker-\d+$/.test(comm.trim())) threads.push(Number(task.name));
+    } catch { /* the thread ended while we looked */ }
+  }
+  return threads.sort();
+}
+
+/** The worker that served the client on `conn`, from its log line. */
+async function workerOf(server: Server, conn: Deno.Conn): Promise<number> {
+  const port = (conn.localAddr as Deno.NetAddr).port;
+  const line = await server.waitForLine(
+    new RegExp(`worker (\\d+)\\b.*#\\d+ 127\\.0\\.0\\.1:${port} connected`),
+  );
+  return Number(line.match(/worker (\d+)/)![1]);
+}
+
+/**
+ * Connects clients until one is on each of `count` different pool workers;
+ * closes the others. A pool worker is one event loop: two clients on the same
+ * one take turns, as in evented.ts.
+ */
+async function clientsOnDistinctWorkers(
+  server: Server,
+  count: number,
+): Promise<Map<number, Deno.Conn>> {
+  const byWorker = new Map<number, Deno.Conn>();
+  for (let tries = 0; byWorker.size < count; tries++) {
+    assert.ok(tries < 64, "the kernel never spread clients over the workers");
+    const conn = await server.connect();
+    const worker = await workerOf(server, conn);
+    if (byWorker.has(worker)) conn.close();
+    else byWorker.set(worker, conn);
+  }
+  return byWorker;
+}
+
+// ---------------------------------------------------------------------------
+// Both modes
+// ---------------------------------------------------------------------------
+
+for (const mode of [[], POOL]) {
+  const name = [SCRIPT, ...mode].join(" ");
+
+  serverTest(
+    `${name}: --cpu-ms 200 burns on the workers' threads: two clients take 200 ms, not 400`,
+    async () => {
+      await using server = await startServer(SCRIPT, [
+        ...mode,
+        "--cpu-ms",
+        "200",
+      ]);
+      const clients = mode.length
+        ? [...(await clientsOnDistinctWorkers(server, 2)).values()]
+        : await Promise.all([server.connect(), server.connect()]);
+      try {
+        // A first exchange each, so that no worker start is timed below.
+        await Promise.all(clients.map((conn) => roundTripText(conn, "warm")));
+        const started = performance.now();
+        const took = await Promise.all(clients.map(async (conn, i) => {
+          assert.equal(await roundTripText(conn, `${i}`), `${i}`);
+          return performance.now() - started;
+        }));
+        const both = Math.max(...took);
+        assert.ok(Math.min(...took) >= 200, `echoed before the burn: ${took}`);
+        // One thread for both would take 400 ms; the margin is for a busy machine.
+        assert.ok(both < 350, `two clients took ${both.toFixed(0)} ms`);
+      } finally {
+        clients.forEach((conn) => conn.close());
+      }
+    },
+  );
+
+  serverTest(
+    `${name}: SIGTERM with clients connected: they get the grace period, each worker ends, exit 0`,
+    async () => {
+      await using server = await startServer(SCRIPT, [
+        ...mode,
+        "--grace",
+        "2",
+      ]);
+      const clients = await Promise.all(
+        Array.from({ length: 6 }, () => server.connect()),
+      );
+      await Promise.all(clients.map((conn) => roundTripText(conn, "hi")));
+      assert.ok((await workerThreads(server.pid)).length > 0);
+      server.kill("SIGTERM");
+      await server.waitForLine(/stopping/);
+      await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
+      // Half the clients finish during the grace period; the silent rest are
+      // closed when it ends.
+      for (const conn of clients.slice(0, 3)) {
+        assert.equal(await roundTripText(conn, "bye"), "bye");
+        conn.close();
+      }
+      if (!mode.length) {
+        await eventually(
+          async () => (await workerThreads(server.pid)).length === 3,
+          1_500,
+          "the finished clients' workers to end, the silent ones' to stay",
+        );
+      }
+      for (const conn of clients.slice(3)) {
+        const rest = await withTimeout(
+          readToEnd(conn).catch(() => new Uint8Array()),
+          10_000,
+          "a silent client to be closed",
+        );
+        assert.equal(rest.length, 0);
+        conn.close();
+      }
+      const exit = await server.waitForExit();
+      assert.equal(exit.code, 0, exit.stderr);
+      assertNoStackTrace(exit.stderr);
+      assert.equal(
+        server.lines.filter((line) => /closed \(shutdown\)/.test(line)).length,
+        3,
+      );
+      if (mode.length) {
+        assert.equal(
+          server.lines.filter((line) => /worker \d+ .*\] stopped$/.test(line))
+            .length,
+          2,
+          "a worker did not drain and stop",
+        );
+      }
+      // Threads live and die with their process: nothing of it is left.
+      await assert.rejects(
+        Deno.stat(`/proc/${server.pid}`),
+        Deno.errors.NotFound,
+      );
+    },
+  );
+}
+
+// ---------------------------------------------------------------------------
+// A worker per client
+// ---------------------------------------------------------------------------
+
+serverTest(
+  `${SCRIPT}: each client gets a worker thread that is gone when the client is (100 clients)`,
+  async () => {
+    await using server = await startServer(SCRIPT);
+    await eventually(
+      async () => (await workerThreads(server.pid)).length === 0,
+      5_000,
+      "the start-up probe worker to end",
+    );
+    // One client: one thread, the one the log names.
+    const conn = await server.connect();
+    assert.equal(await roundTripText(conn, "one"), "one");
+    const line = await server.waitForLine(/#1 on worker 1 \(thread \d+\)/);
+    const thread = Number(line.match(/thread (\d+)/)![1]);
+    assert.deepEqual(await workerThreads(server.pid), [thread]);
+    conn.close();
+    // 99 more, one after another.
+    for (let i = 2; i <= 100; i++) {
+      using next = await server.connect();
+      assert.equal(await roundTripText(next, `${i}`), `${i}`);
+    }
+    await server.waitForLine(/#100 .*closed/);
+    await eventually(
+      async () => (await workerThreads(server.pid)).length === 0,
+      5_000,
+      "every worker thread to end",
+    );
+    assert.equal(
+      server.lines.filter((line) => / on worker \d+/.test(line)).length,
+      100,
+    );
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  `${SCRIPT}: --max-conns 2 bounds the live workers; the third client waits`,
+  async () => {
+    await using server = await startServer(SCRIPT, ["--max-conns", "2"]);
+    await assertThirdClientWaits(server, async () => {
+      assert.equal((await workerThreads(server.pid)).length, 2);
+    });
+  },
+);
+
+serverTest(
+  `${SCRIPT}: 64 MiB written before reading: byte-exact, and the server's peak RSS stays bounded`,
+  async () => {
+    await using server = await startServer(SCRIPT);
+    using conn = await server.connect();
+    // The baseline includes the client's worker, started and running.
+    await server.waitForLine(/#1 on worker 1/);
+    const peakBefore = await rssKiB(server.pid, "VmHWM");
+    const bytes = pattern(64 * MiB, 13);
+    // Nothing is read until a write stalls: the server must stop reading
+    // (TCP backpressure) instead of queueing bytes between its threads.
+    const chunk = 256 * 1024;
+    let reading: Promise<Uint8Array> | undefined;
+    for (let off = 0; off < bytes.length; off += chunk) {
+      const write = writeAll(conn, bytes.subarray(off, off + chunk));
+      if (!reading && !(await settlesWithin(write, 300))) {
+        reading = readExactly(conn, bytes.length);
+      }
+      await write;
+    }
+    assert.ok(reading, "64 MiB went in without the server ever pushing back");
+    const echoed = await reading;
+    assertSameBytes(echoed, bytes);
+    const grew = (await rssKiB(server.pid, "VmHWM")) - peakBefore;
+    assert.ok(grew < 24 * 1024, `the server's peak RSS grew by ${grew} KiB`);
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  `${SCRIPT}: a worker that throws (SIGUSR2) ends its own client only`,
+  async () => {
+    await using server = await startServer(SCRIPT);
+    using doomed = await server.connect();
+    assert.equal(await roundTripText(doomed, "a"), "a");
+    await server.waitForLine(/#1 on worker 1/);
+    using other = await server.connect();
+    assert.equal(await roundTripText(other, "b"), "b");
+    server.kill("SIGUSR2"); // the oldest live worker, #1's, throws
+    const rest = await withTimeout(
+      readToEnd(doomed).catch(() => new Uint8Array()),
+      10_000,
+      "the dead worker's client to be closed",
+    );
+    assert.equal(rest.length, 0);
+    await server.waitForLine(
+      /#1 .*closed \(error: worker 1 died: .*fault injected by SIGUSR2\)/,
+    );
+    assert.equal(await roundTripText(other, "still here"), "still here");
+    using next = await server.connect();
+    await roundTrip(next, pattern(1 * MiB, 4)).then((echo) =>
+      assertSameBytes(echo, pattern(1 * MiB, 4))
+    );
+  },
+);
+
+// ---------------------------------------------------------------------------
+// --pool 2
+// ---------------------------------------------------------------------------
+
+serverTest(
+  `${SCRIPT} --pool 2: two worker threads serve every client, more than one of them serves`,
+  async () => {
+    await using server = await startServer(SCRIPT, POOL);
+    const clients = await Promise.all(
+      Array.from({ length: 40 }, () => server.connect()),
+    );
+    try {
+      await Promise.all(clients.map(async (conn, i) => {
+        assert.equal(await roundTripText(conn, `${i}`), `${i}`);
+      }));
+      const workers = await Promise.all(
+        clients.map((conn) => workerOf(server, conn)),
+      );
+      assert.deepEqual(new Set(workers), new Set([1, 2]));
+      // No thread per client: still the two that started with the server.
+      const started = server.lines
+        .filter((line) => /worker \d+ \(thread \d+\) started/.test(line))
+        .map((line) => Number(line.match(/thread (\d+)/)![1]));
+      assert.deepEqual(await workerThreads(server.pid), started.sort());
+    } finally {
+      clients.forEach((conn) => conn.close());
+    }
+  },
+);
+
+serverTest(
+  `${SCRIPT} --pool 2: a worker that throws is replaced; only its clients notice`,
+  async () => {
+    await using server = await startServer(SCRIPT, POOL);
+    const clients = await clientsOnDistinctWorkers(server, 2);
+    const doomed = clients.get(1)!;
+    const other = clients.get(2)!;
+    try {
+      server.kill("SIGUSR2"); // worker 1 throws
+      const rest = await withTimeout(
+        readToEnd(doomed).catch(() => new Uint8Array()),
+        10_000,
+        "worker 1's client to be closed",
+      );
+      assert.equal(rest.length, 0);
+      await server.waitForLine(/worker 3 (\(thread \d+\) )?started/);
+      assert.match(
+        server.stderr,
+        /worker 1 died: .*fault injected by SIGUSR2; starting worker 3/,
+      );
+      assert.equal(await roundTripText(other, "unharmed"), "unharmed");
+      // Echo goes on, on workers 2 and 3 only.
+      const fresh = await Promise.all(
+        Array.from({ length: 20 }, () => server.connect()),
+      );
+      try {
+        for (const [i, conn] of fresh.entries()) {
+          assert.equal(await roundTripText(conn, `${i}`), `${i}`);
+        }
+        const workers = new Set(
+          await Promise.all(fresh.map((conn) => workerOf(server, conn))),
+        );
+        assert.ok(!workers.has(1), "a client went to the dead worker");
+      } finally {
+        fresh.forEach((conn) => conn.close());
+      }
+      await eventually(
+        async () => (await workerThreads(server.pid)).length === 2,
+        5_000,
+        "two worker threads again",
+      );
+    } finally {
+      clients.forEach((conn) => conn.close());
+    }
+  },
+);
+
+serverTest(
+  `${SCRIPT} --pool 2 --unix: the main thread hands clients to the least busy worker`,
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await using server = await startServer(SCRIPT, [
+        ...POOL,
+        "--unix",
+        `${dir}/echo.sock`,
+      ]);
+      const clients = await Promise.all(
+        Array.from({ length: 4 }, () => server.connect()),
+      );
+      try {
+        await Promise.all(clients.map(async (conn, i) => {
+          assert.equal(await roundTripText(conn, `${i}`), `${i}`);
+        }));
+        const workers = server.lines.flatMap((line) =>
+          line.match(/#\d+ on worker (\d+)/)?.[1] ?? []
+        );
+        assert.deepEqual(workers.sort(), ["1", "1", "2", "2"]);
+      } finally {
+        clients.forEach((conn) => conn.close());
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
