@@ -1,0 +1,392 @@
+import assert from "node:assert/strict";
+import { echoServerConformance } from "./conformance.ts";
+import {
+  childrenOf,
+  eventually,
+  processState,
+  roundTripText,
+  Script,
+  type Server,
+  serverTest,
+  startServer,
+  talkAtOnce,
+} from "./harness.ts";
+
+const TWO = ["--workers", "2"];
+
+/** Live processes (not zombies) running as a prefork.ts worker on `port`. */
+async function workersOnPort(port: number): Promise<number[]> {
+  const found: number[] = [];
+  for await (const entry of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const args = (await Deno.readTextFile(`/proc/${entry.name}/cmdline`)
+      .catch(() => "")).split("\0");
+    const role = args.indexOf("--as-worker");
+    if (
+      role > 0 && args[role - 1].endsWith("prefork.ts") &&
+      args[role + 2] === String(port)
+    ) found.push(Number(entry.name));
+  }
+  return found;
+}
+
+/**
+ * Asserts that no prefork.ts worker runs on `port`; any found is killed
+ * first (by pid), so that a failing test leaves nothing behind either.
+ */
+async function assertNoWorkerOn(port: number, when = ""): Promise<void> {
+  const left = await workersOnPort(port);
+  left.forEach((pid) => Deno.kill(pid, "SIGKILL"));
+  assert.deepEqual(left, [], `workers left on port ${port} ${when}`);
+}
+
+/** The worker pids a supervisor logged as listening. */
+function loggedWorkers(server: Script): number[] {
+  return server.lines.flatMap((line) => {
+    const match = line.match(/worker \d+ \(pid (\d+)\) listening/);
+    return match ? [Number(match[1])] : [];
+  });
+}
+
+async function refuses(port: number): Promise<boolean> {
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.ConnectionRefused;
+  }
+}
+
+function freePort(): number {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  return listener.addr.port;
+}
+
+/** Which worker served `conn`, from its "connected" log line. */
+async function servedBy(server: Server, conn: Deno.Conn): Promise<string> {
+  const line = await server.waitForLine(
+    new RegExp(`:${(conn.localAddr as Deno.NetAddr).port} connected`),
+  );
+  return line.match(/^\[pid (\d+) worker \d+\]/)![1];
+}
+
+echoServerConformance("prefork.ts", {
+  args: TWO,
+  concurrent: true,
+  unix: false,
+  serverPids: async (pid) => [pid, ...await childrenOf(pid)],
+  badArgs: [
+    ["--workers", "0"],
+    ["--workers", "two"],
+    ["--workers", "1.5"],
+    ["--workers", "-1"],
+    ["--unix", "/tmp/prefork-test.sock"],
+  ],
+});
+
+serverTest(
+  "prefork.ts: 20 clients at once are served, by both workers, each line naming its pid",
+  async () => {
+    await using server = await startServer("prefork.ts", TWO);
+    const workers = await childrenOf(server.pid);
+    assert.equal(workers.length, 2);
+    await talkAtOnce(server, 20);
+    // The kernel hashes each connection to a worker: all 20 on one has a
+    // chance of 2 in 2^20.
+    const closed = await server.waitForLines(/ closed \(/, 20);
+    const pids = new Set(
+      closed.map((line) => Number(line.match(/^\[pid (\d+) worker \d\] /)![1])),
+    );
+    assert.deepEqual([...pids].sort((a, b) => a - b), workers);
+    for (const line of server.lines.slice(1)) {
+      assert.match(line, /^\[pid \d+( worker \d+)?\] /);
+    }
+  },
+);
+
+serverTest(
+  "prefork.ts: --cpu-ms 200 runs two clients in parallel on two workers, in turn on one",
+  async () => {
+    await using server = await startServer("prefork.ts", [
+      ...TWO,
+      "--cpu-ms",
+      "200",
+    ]);
+    // Connect until each worker has two clients: where a connection goes is
+    // the kernel's hash, not our choice.
+    const byWorker = new Map<string, Deno.Conn[]>();
+    const conns: Deno.Conn[] = [];
+    try {
+      while (
+        byWorker.size < 2 ||
+        [...byWorker.values()].some((list) => list.length < 2)
+      ) {
+        assert.ok(conns.length < 30, "30 connections, all on one worker");
+        const conn = await server.connect();
+        conns.push(conn);
+        const pid = await servedBy(server, conn);
+        byWorker.set(pid, [...byWorker.get(pid) ?? [], conn]);
+      }
+      const [first, second] = [...byWorker.values()];
+      const pair = async (a: Deno.Conn, b: Deno.Conn) => {
+        const started = performance.now();
+        const echoes = await Promise.all([
+          roundTripText(a, "a"),
+          roundTripText(b, "b"),
+        ]);
+        assert.deepEqual(echoes, ["a", "b"]);
+        return performance.now() - started;
+      };
+      // Two workers, two processes: both 200 ms burns at once (best of a
+      // few tries, as other work may share the cores).
+      let apart = Infinity;
+      for (let i = 0; i < 5 && apart >= 300; i++) {
+        apart = Math.min(apart, await pair(first[0], second[0]));
+      }
+      assert.ok(apart < 300, `two workers took ${apart.toFixed(0)} ms`);
+      // One worker: the second client waits for the first one's 200 ms, even
+      // though the other worker is idle. That is reusePort's hashing.
+      const together = await pair(first[0], first[1]);
+      assert.ok(together >= 400, `one worker took ${together.toFixed(0)} ms`);
+    } finally {
+      conns.forEach((conn) => conn.close());
+    }
+  },
+);
+
+serverTest(
+  "prefork.ts: SIGINT or SIGTERM the moment the banner shows, 10 times in a row: exit 0, every worker reaped",
+  async () => {
+    for (let i = 0; i < 10; i++) {
+      const signal = i % 2 ? "SIGINT" : "SIGTERM";
+      await using server = await startServer("prefork.ts", TWO);
+      server.kill(signal); // where the prototype's parent sometimes died
+      const exit = await server.waitForExit();
+      assert.equal(exit.signal, null, `run ${i + 1}: killed by ${exit.signal}`);
+      assert.equal(exit.code, 0, exit.stderr);
+      const workers = loggedWorkers(server);
+      assert.equal(workers.length, 2, server.lines.join("\n"));
+      for (const pid of workers) {
+        assert.equal(await processState(pid), undefined, `worker ${pid} left`);
+      }
+      await assertNoWorkerOn(server.port);
+    }
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  "prefork.ts: SIGTERM and SIGINT with clients connected, 3 times each: the clients finish, exit 0, nothing left",
+  async () => {
+    for (let i = 0; i < 6; i++) {
+      const signal = i % 2 ? "SIGINT" : "SIGTERM";
+      await using server = await startServer("prefork.ts", [
+        ...TWO,
+        "--grace",
+        "20",
+      ]);
+      const clients = await Promise.all(
+        Array.from({ length: 4 }, () => server.connect()),
+      );
+      for (const conn of clients) {
+        assert.equal(await roundTripText(conn, "before"), "before");
+      }
+      const from = server.lines.length;
+      server.kill(signal);
+      // The supervisor says "stopping" once no worker accepts any more.
+      assert.match(
+        await server.waitForLine(/stopping/, 10_000, from),
+        new RegExp(`^\\[pid ${server.pid}\\] stopping \\(${signal}\\)`),
+      );
+      await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
+      for (const conn of clients) {
+        assert.equal(await roundTripText(conn, "during"), "during");
+        conn.close();
+      }
+      const exit = await server.waitForExit(); // long before the 20 s grace
+      assert.equal(exit.code, 0, exit.stderr);
+      assert.equal(exit.signal, null);
+      for (const pid of loggedWorkers(server)) {
+        assert.equal(await processState(pid), undefined, `worker ${pid} left`);
+      }
+      await assertNoWorkerOn(server.port);
+    }
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  "prefork.ts: a signal at any moment of start-up leaves no worker behind",
+  async () => {
+    // Signals from "as soon as it runs" to "after the banner", so that every
+    // step of start-up is hit on some machine: before the parent listens for
+    // signals (death by default is fine then: no worker exists yet), while it
+    // spawns workers, while they start.
+    for (const [i, delay] of [0, 40, 80, 120, 160, 200, 300, 500].entries()) {
+      const signal = i % 2 ? "SIGINT" : "SIGTERM";
+      const port = freePort();
+      await using server = new Script("prefork.ts", [String(port), ...TWO]);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      server.kill(signal);
+      const exit = await server.waitForExit();
+      if (exit.signal !== null) {
+        assert.equal(exit.signal, signal);
+        assert.deepEqual(server.lines, [], "killed after it printed");
+      } else {
+        assert.equal(exit.code, 0, exit.stderr);
+      }
+      await assertNoWorkerOn(port, `after a signal at ${delay} ms`);
+      assert.ok(await refuses(port), `port still served after ${delay} ms`);
+    }
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  "prefork.ts: a Ctrl-C at the terminal (SIGINT to the process group) drains like SIGINT to the parent",
+  async () => {
+    await using server = await startServer(
+      "prefork.ts",
+      [...TWO, "--grace", "20"],
+      { detached: true }, // its own process group, as a shell's job
+    );
+    const clients = await Promise.all([server.connect(), server.connect()]);
+    for (const conn of clients) {
+      assert.equal(await roundTripText(conn, "before"), "before");
+    }
+    Deno.kill(-server.pid, "SIGINT");
+    await server.waitForLine(/stopping/);
+    for (const conn of clients) {
+      assert.equal(await roundTripText(conn, "during"), "during");
+      conn.close();
+    }
+    const exit = await server.waitForExit();
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.doesNotMatch(server.lines.join("\n"), /killed by/);
+  },
+);
+
+serverTest(
+  "prefork.ts: a worker killed with SIGKILL is reaped and replaced within seconds",
+  async () => {
+    await using server = await startServer("prefork.ts", TWO);
+    const [victim, survivor] = await childrenOf(server.pid);
+    Deno.kill(victim, "SIGKILL");
+    const restarting = await server.waitForLine(
+      new RegExp(`\\(pid ${victim}\\) killed by SIGKILL .*; restarting in`),
+      5000,
+    );
+    const listening = await server.waitForLine(
+      /\) listening$/,
+      5000,
+      server.lines.indexOf(restarting),
+    );
+    const replacement = Number(listening.match(/\(pid (\d+)\)/)![1]);
+    assert.deepEqual(
+      await childrenOf(server.pid),
+      [survivor, replacement].sort((a, b) => a - b),
+    );
+    assert.equal(await processState(victim), undefined, "victim not reaped");
+    // Both serve: enough connections that each worker gets some.
+    const served = new Set<string>();
+    for (let i = 0; i < 20; i++) {
+      using conn = await server.connect();
+      assert.equal(await roundTripText(conn, `${i}`), `${i}`);
+      served.add(await servedBy(server, conn));
+    }
+    assert.deepEqual(
+      [...served].map(Number).sort((a, b) => a - b),
+      [survivor, replacement].sort((a, b) => a - b),
+    );
+  },
+);
+
+serverTest(
+  "prefork.ts: workers that keep failing to start make it give up: exit 1, one line",
+  async () => {
+    await using server = await startServer("prefork.ts", TWO);
+    for (const pid of await childrenOf(server.pid)) Deno.kill(pid, "SIGKILL");
+    // Take the port the moment the dead workers free it, before the restarts
+    // (0.1 s later) come: a listener without reusePort, which they cannot join.
+    using _taken = await eventually(
+      () => {
+        try {
+          return Deno.listen({ hostname: "127.0.0.1", port: server.port });
+        } catch {
+          return undefined;
+        }
+      },
+      5000,
+      "the port to be free",
+    );
+    const exit = await server.waitForExit(20_000);
+    assert.equal(exit.code, 1);
+    assert.equal(
+      exit.stderr.trim(),
+      `prefork.ts: cannot listen on 127.0.0.1:${server.port}: address in use`,
+    );
+    assert.match(
+      server.lines.join("\n"),
+      /exited with code 1 .*before listening \(prefork\.ts: cannot listen on .*address in use\); restarting in/,
+    );
+  },
+);
+
+serverTest(
+  "prefork.ts: after a SIGKILL of the parent, no worker listens within seconds; its clients finish",
+  async () => {
+    const server = await startServer("prefork.ts", TWO);
+    const workers = await childrenOf(server.pid);
+    await using _ = {
+      [Symbol.asyncDispose]: () => assertNoWorkerOn(server.port),
+    };
+    using client = await server.connect();
+    assert.equal(await roundTripText(client, "before"), "before");
+    server.kill("SIGKILL");
+    await server.exited;
+    // The workers read EOF on stdin: they stop accepting at once...
+    await eventually(() => refuses(server.port), 5000, "the port to refuse");
+    // ...serve their clients until done (or the grace period ends)...
+    assert.equal(await roundTripText(client, "orphaned"), "orphaned");
+    client.close();
+    // ...and exit. (Reparented, they are reaped by whoever is pid 1 here; a
+    // zombie holds no socket.)
+    await eventually(
+      async () =>
+        (await Promise.all(workers.map(processState))).every((state) =>
+          state === undefined || state === "Z"
+        ),
+      10_000,
+      "the workers to exit",
+    );
+  },
+);
+
+serverTest(
+  "prefork.ts: without --workers, one worker per CPU",
+  async () => {
+    await using server = await startServer("prefork.ts");
+    const cpus = navigator.hardwareConcurrency;
+    assert.match(server.banner, new RegExp(`\\(prefork, ${cpus} workers, `));
+    assert.equal((await childrenOf(server.pid)).length, cpus);
+  },
+  { ignore: navigator.hardwareConcurrency > 8 },
+);
+
+serverTest(
+  "prefork.ts: --json lines carry each worker's pid and number",
+  async () => {
+    await using server = await startServer("prefork.ts", [...TWO, "--json"]);
+    const banner = JSON.parse(server.banner);
+    assert.equal(banner.workers, 2);
+    assert.equal(banner.pid, server.pid);
+    using conn = await server.connect();
+    assert.equal(await roundTripText(conn, "j"), "j");
+    const connected = JSON.parse(
+      await server.waitForLine(/"event":"connected"/),
+    );
+    assert.ok((await childrenOf(server.pid)).includes(connected.pid));
+    assert.ok(connected.worker === 1 || connected.worker === 2);
+    await server.waitForLine(/"event":"worker-listening"/);
+  },
+);
