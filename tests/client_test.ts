@@ -1,0 +1,756 @@
+import assert from "node:assert/strict";
+import { type LoadReport, runLoad } from "../client.ts";
+import {
+  assertNoStackTrace,
+  assertSameBytes,
+  pattern,
+  ROOT,
+  runScript,
+  Script,
+  serverTest,
+  startServer,
+  withTimeout,
+  writeAll,
+} from "./harness.ts";
+
+const CLIENT = "client.ts";
+
+/** A port nothing listens on (TCP and UDP): bound, noted, released. */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+/**
+ * An in-process TCP server for faults the real servers never make: each chunk
+ * received goes to `answer`, which writes (or does not write) something back.
+ */
+function fixtureServer(
+  answer: (conn: Deno.Conn, chunk: Uint8Array) => Promise<void>,
+  options: { holdAfterEof?: boolean } = {},
+): { port: number } & AsyncDisposable {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const disposed = Promise.withResolvers<void>();
+  const serveOne = async (conn: Deno.Conn) => {
+    conns.add(conn);
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        await answer(conn, buffer.subarray(0, n));
+      }
+      if (options.holdAfterEof) await disposed.promise;
+    } catch { /* the client went away */ }
+    conns.delete(conn);
+    try {
+      conn.close();
+    } catch { /* closed already */ }
+  };
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) serveOne(conn);
+    } catch { /* listener closed */ }
+  })();
+  return {
+    port: listener.addr.port,
+    async [Symbol.asyncDispose]() {
+      disposed.resolve();
+      listener.close();
+      await accepting;
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+    },
+  };
+}
+
+/** Echoes every chunk with its first byte changed: a server that corrupts. */
+function corruptingServer() {
+  return fixtureServer(async (conn, chunk) => {
+    const bad = chunk.slice();
+    bad[0] ^= 0x20; // "hello" comes back as "Hello"
+    await writeAll(conn, bad);
+  });
+}
+
+/**
+ * Runs the client with `input` on its stdin and returns its raw stdout (the
+ * harness reads stdout as text lines; binary needs the bytes). Killed by pid
+ * if it outlives `ms`.
+ */
+async function runWithStdin(
+  args: string[],
+  input: Uint8Array,
+  ms = 15_000,
+): Promise<{ code: number; stdout: Uint8Array; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLIENT, ...args],
+    cwd: ROOT,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  try {
+    const feeding = (async () => {
+      const writer = child.stdin.getWriter();
+      await writer.write(input);
+      await writer.close();
+    })();
+    const [output] = await withTimeout(
+      Promise.all([child.output(), feeding]),
+      ms,
+      `client.ts ${args.join(" ")} to finish`,
+    );
+    return {
+      code: output.code,
+      stdout: output.stdout,
+      stderr: new TextDecoder().decode(output.stderr),
+    };
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await child.status;
+  }
+}
+
+/** Runs the client in load mode with --json and parses its one line. */
+async function loadJson(
+  args: string[],
+): Promise<{ code: number; report: LoadReport; stderr: string }> {
+  const exit = await runScript(CLIENT, [...args, "--json"], 60_000);
+  assertNoStackTrace(exit.stderr);
+  const lines = exit.stdout.split("\n").filter((line) => line !== "");
+  assert.equal(lines.length, 1, `one JSON line expected, got: ${exit.stdout}`);
+  return { code: exit.code, report: JSON.parse(lines[0]), stderr: exit.stderr };
+}
+
+/** The numbers of a clean run of `requests` requests of `size` bytes add up. */
+function assertSaneReport(
+  report: LoadReport,
+  expect: { connections: number; requests: number; size: number },
+): void {
+  assert.equal(report.connections, expect.connections);
+  assert.equal(report.size, expect.size);
+  assert.equal(report.requests, expect.requests);
+  assert.equal(report.bytes, expect.requests * expect.size);
+  assert.equal(report.errors, 0);
+  assert.equal(report.mismatches, 0);
+  assert.ok(report.seconds > 0);
+  const rate = report.requests / report.seconds;
+  assert.ok(
+    Math.abs(report.requestsPerSecond - rate) <= rate * 0.01 + 1,
+    `requests/s ${report.requestsPerSecond} is not requests/seconds ${rate}`,
+  );
+  const mb = report.bytes / 1e6 / report.seconds;
+  assert.ok(Math.abs(report.mbPerSecond - mb) <= mb * 0.01 + 0.001);
+  const { p50, p90, p99, max } = report.latencyMs;
+  assert.ok(
+    0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+    `latencies out of order: ${JSON.stringify(report.latencyMs)}`,
+  );
+  // No round trip can take longer than the whole run.
+  assert.ok(max <= report.seconds * 1000 + 1, `max ${max} ms`);
+  assert.ok(report.cpuMs !== undefined && report.cpuMs > 0, "no cpuMs");
+}
+
+// ---------------------------------------------------------------------------
+// One-shot
+// ---------------------------------------------------------------------------
+
+serverTest(`${CLIENT}: --message prints the echo and exits 0`, async () => {
+  await using server = await startServer("evented.ts");
+  const exit = await runScript(CLIENT, [
+    String(server.port),
+    "--message",
+    "hello, echo",
+  ]);
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.equal(exit.stdout, "hello, echo");
+  assert.equal(exit.stderr, "");
+});
+
+serverTest(
+  `${CLIENT}: --message against a server that corrupts a byte exits 1`,
+  async () => {
+    await using server = corruptingServer();
+    const exit = await runScript(CLIENT, [
+      "127.0.0.1",
+      String(server.port),
+      "--message",
+      "hello",
+    ]);
+    assert.equal(exit.code, 1);
+    assert.equal(exit.stdout, "Hello"); // what came back is shown
+    assert.equal(
+      exit.stderr,
+      "client.ts: the echo differs from the message: 5 bytes back for 5 sent, first difference at byte 0\n",
+    );
+  },
+);
+
+serverTest(`${CLIENT}: --message over --unix and over --udp`, async () => {
+  const path = await Deno.makeTempFile({ suffix: ".sock" });
+  await Deno.remove(path);
+  try {
+    await using server = await startServer("evented.ts", ["--unix", path]);
+    const exit = await runScript(CLIENT, ["--unix", path, "--message", "u"]);
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.equal(exit.stdout, "u");
+    assert.match(server.banner, /unix/);
+  } finally {
+    await Deno.remove(path).catch(() => {});
+  }
+  await using udp = await startServer("udp_echo.ts");
+  const exit = await runScript(CLIENT, [
+    String(udp.port),
+    "--udp",
+    "--message",
+    "datagram",
+  ]);
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.equal(exit.stdout, "datagram");
+});
+
+// ---------------------------------------------------------------------------
+// Interactive
+// ---------------------------------------------------------------------------
+
+serverTest(
+  `${CLIENT}: stdin mode: three lines, then EOF: half-close, echo, exit 0`,
+  async () => {
+    await using server = await startServer("evented.ts");
+    await using client = new Script(CLIENT, [String(server.port)], {
+      stdin: "piped",
+    });
+    const writer = client.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("one\ntwo\n"));
+    // Interactive: the echo comes back while stdin is still open.
+    await client.waitForLine(/^two$/);
+    await writer.write(new TextEncoder().encode("three\n"));
+    await writer.close();
+    const exit = await client.waitForExit();
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.equal(exit.stderr, "");
+    assert.deepEqual(client.lines, ["one", "two", "three"]);
+    // The client half-closed: the server saw EOF, not a reset.
+    await server.waitForLine(/closed \(eof\): 14 B in, 14 B out/);
+  },
+);
+
+serverTest(`${CLIENT}: stdin mode is binary safe`, async () => {
+  await using server = await startServer("evented.ts", ["--quiet"]);
+  const input = new Uint8Array(300_000);
+  input.set(pattern(input.length, 9));
+  input.set([0, 0x0a, 0x0d, 0xff, 0x04, 0x1a], 1000); // NUL, LF, CR, 0xff, ^D, ^Z
+  const exit = await runWithStdin([String(server.port)], input);
+  assert.equal(exit.code, 0, exit.stderr);
+  assertSameBytes(exit.stdout, input);
+});
+
+serverTest(
+  `${CLIENT}: --udp stdin mode: one datagram per line, each answer printed`,
+  async () => {
+    await using server = await startServer("udp_echo.ts");
+    const exit = await runWithStdin(
+      [String(server.port), "--udp"],
+      new TextEncoder().encode("alpha\n\nbeta\ngamma"),
+    );
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.equal(new TextDecoder().decode(exit.stdout), "alpha\n\nbeta\ngamma");
+    // One datagram per line, the empty line included, the newline kept.
+    for (const size of [6, 1, 5, 5]) {
+      await server.waitForLine(new RegExp(`: ${size} bytes echoed$`));
+    }
+    assert.equal(server.lines.filter((l) => /bytes echoed/.test(l)).length, 4);
+  },
+);
+
+serverTest(
+  `${CLIENT}: stdin mode ends with exit 0 when the server closes first`,
+  async () => {
+    await using server = await startServer("evented.ts", [
+      "--idle-timeout",
+      "0.3",
+    ]);
+    await using client = new Script(CLIENT, [String(server.port)], {
+      stdin: "piped",
+    });
+    const writer = client.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("idle now\n"));
+    await client.waitForLine(/^idle now$/);
+    const exit = await client.waitForExit(); // stdin still open
+    assert.equal(exit.code, 0);
+    assert.equal(exit.stderr, "client.ts: the server closed the connection\n");
+    await writer.close().catch(() => {});
+  },
+);
+
+serverTest(
+  `${CLIENT}: --udp stdin mode refuses a line too long for a datagram`,
+  async () => {
+    await using server = await startServer("udp_echo.ts");
+    const exit = await runWithStdin(
+      [String(server.port), "--udp"],
+      new Uint8Array(70_000).fill(0x41),
+    );
+    assert.equal(exit.code, 1);
+    assert.equal(
+      exit.stderr,
+      "client.ts: a line of 70000 bytes does not fit in a datagram (at most 65507)\n",
+    );
+  },
+);
+
+// ---------------------------------------------------------------------------
+// Failures: one line, exit 1
+// ---------------------------------------------------------------------------
+
+serverTest(`${CLIENT}: a refused port exits 1 with one line`, async () => {
+  const port = freePort();
+  for (
+    const args of [
+      [String(port)],
+      [String(port), "--message", "x"],
+      [String(port), "--connections", "2", "--requests", "5"],
+    ]
+  ) {
+    const exit = await runScript(CLIENT, args);
+    assert.equal(exit.code, 1, args.join(" "));
+    assert.equal(
+      exit.stderr,
+      `client.ts: cannot connect to 127.0.0.1:${port}: connection refused\n`,
+    );
+    assert.equal(exit.stdout, "");
+  }
+});
+
+serverTest(`${CLIENT}: an unknown host exits 1 with one line`, async () => {
+  for (const udp of [[], ["--udp"]]) {
+    const exit = await runScript(CLIENT, [
+      "no-such-host.invalid",
+      "7",
+      "--message",
+      "x",
+      ...udp,
+    ]);
+    assert.equal(exit.code, 1);
+    assert.match(exit.stderr, /^client\.ts: cannot .+: unknown host\n$/);
+  }
+});
+
+serverTest(
+  `${CLIENT}: no echo within --timeout exits 1 with one line (TCP, UDP)`,
+  async () => {
+    // Reads, never answers, and keeps the connection open after our EOF.
+    await using silent = fixtureServer(async () => {}, { holdAfterEof: true });
+    const tcp = await runScript(CLIENT, [
+      String(silent.port),
+      "--message",
+      "anyone?",
+      "--timeout",
+      "300",
+    ]);
+    assert.equal(tcp.code, 1);
+    assert.equal(
+      tcp.stderr,
+      `client.ts: no complete echo from 127.0.0.1:${silent.port} within 300 ms\n`,
+    );
+    const port = freePort(); // no UDP server there either, most likely
+    const udp = await runScript(CLIENT, [
+      String(port),
+      "--udp",
+      "--message",
+      "anyone?",
+      "--timeout",
+      "300",
+    ]);
+    assert.equal(udp.code, 1);
+    assert.equal(
+      udp.stderr,
+      `client.ts: no answer from 127.0.0.1:${port} within 300 ms\n`,
+    );
+  },
+);
+
+serverTest(`${CLIENT}: bad arguments exit 2 with one reason`, async () => {
+  for (
+    const args of [
+      [],
+      ["abc"],
+      ["0"],
+      ["70000"],
+      ["h", "1", "2"],
+      ["8080", "--bogus"],
+      ["8080", "--requests", "0"],
+      ["8080", "--connections", "1.5"],
+      ["8080", "--requests", "5", "--duration", "1"],
+      ["8080", "--message", "x", "--connections", "2"],
+      ["8080", "--json"],
+      ["8080", "--udp", "--unix", "/tmp/x.sock"],
+      ["--unix", "/tmp/x.sock", "8080"],
+      ["8080", "--udp", "--size", "65508"],
+      ["8080", "--size", "0"],
+      ["8080", "--udp", "--new-connection"],
+      ["8080", "--timeout", "0"],
+      ["8080", "--duration", "-1"],
+    ]
+  ) {
+    const exit = await runScript(CLIENT, args);
+    assert.equal(exit.code, 2, `${args.join(" ")}: ${exit.stderr}`);
+    assert.match(exit.stderr, /^client\.ts: .+\nusage: /, args.join(" "));
+    assertNoStackTrace(exit.stderr);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Load mode
+// ---------------------------------------------------------------------------
+
+serverTest(
+  `${CLIENT}: load --json against evented.ts: sane numbers, no mismatch`,
+  async () => {
+    await using server = await startServer("evented.ts");
+    const { code, report, stderr } = await loadJson([
+      String(server.port),
+      "--connections",
+      "4",
+      "--requests",
+      "250",
+      "--size",
+      "100",
+    ]);
+    assert.equal(code, 0, stderr);
+    assert.equal(stderr, "", "a progress line on a stderr that is no terminal");
+    assertSaneReport(report, { connections: 4, requests: 1000, size: 100 });
+    assert.equal(report.lost, undefined);
+    // Four persistent connections carried it all (plus the reachability probe).
+    await server.waitForLines(/closed \(eof\): 24\.4 KiB in, 24\.4 KiB out/, 4);
+    const closed = server.lines.filter((line) => / closed /.test(line));
+    assert.equal(closed.length, 5, server.lines.join("\n"));
+  },
+);
+
+serverTest(
+  `${CLIENT}: load mode prints a report for people`,
+  async () => {
+    await using server = await startServer("evented.ts", ["--quiet"]);
+    const exit = await runScript(CLIENT, [
+      String(server.port),
+      "--connections",
+      "2",
+      "--requests",
+      "50",
+    ]);
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.match(
+      exit.stdout,
+      /^2 x 64 B requests to 127\.0\.0\.1:\d+ .*: 100 in /,
+    );
+    for (
+      const label of ["requests/s", "MB/s", "latency", "errors", "mismatches"]
+    ) {
+      assert.match(exit.stdout, new RegExp(`^  ${label} `, "m"));
+    }
+    assert.match(
+      exit.stdout,
+      /p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms, max/,
+    );
+  },
+);
+
+serverTest(
+  `${CLIENT}: load against a server that corrupts: mismatches counted, exit 1`,
+  async () => {
+    await using server = corruptingServer();
+    const { code, report, stderr } = await loadJson([
+      String(server.port),
+      "--connections",
+      "2",
+      "--requests",
+      "10",
+    ]);
+    assert.equal(code, 1);
+    assert.equal(report.requests, 20);
+    assert.equal(report.mismatches, 20);
+    assert.equal(
+      stderr,
+      "client.ts: 20 of 20 echoes differed from what was sent\n",
+    );
+  },
+);
+
+serverTest(
+  `${CLIENT}: --new-connection against iterative.ts: one client per request`,
+  async () => {
+    await using server = await startServer("iterative.ts");
+    const { code, report, stderr } = await loadJson([
+      String(server.port),
+      "--connections",
+      "3",
+      "--requests",
+      "20",
+      "--size",
+      "32",
+      "--new-connection",
+    ]);
+    assert.equal(code, 0, stderr);
+    assertSaneReport(report, { connections: 3, requests: 60, size: 32 });
+    // Every request was a client of its own, ended by our half-close (eof).
+    await server.waitForLines(/closed \(eof\): 32 B in, 32 B out/, 60);
+  },
+);
+
+serverTest(
+  `${CLIENT}: --udp load against udp_echo.ts: no loss on loopback`,
+  async () => {
+    await using server = await startServer("udp_echo.ts", ["--quiet"]);
+    const { code, report, stderr } = await loadJson([
+      String(server.port),
+      "--udp",
+      "--connections",
+      "4",
+      "--requests",
+      "100",
+      "--size",
+      "1000",
+      "--timeout",
+      "5000",
+    ]);
+    assert.equal(code, 0, stderr);
+    assertSaneReport(report, { connections: 4, requests: 400, size: 1000 });
+    assert.equal(report.lost, 0);
+  },
+);
+
+serverTest(
+  `${CLIENT}: --udp load with no server: every datagram lost, exit 1`,
+  async () => {
+    const port = freePort();
+    const { code, report, stderr } = await loadJson([
+      String(port),
+      "--udp",
+      "--connections",
+      "2",
+      "--requests",
+      "3",
+      "--timeout",
+      "100",
+    ]);
+    assert.equal(code, 1);
+    assert.equal(report.requests, 0);
+    assert.equal(report.lost, 6);
+    assert.equal(report.errors, 0);
+    assert.equal(
+      stderr,
+      `client.ts: no answer from 127.0.0.1:${port}: all 6 datagrams lost\n`,
+    );
+  },
+);
+
+serverTest(
+  `${CLIENT}: Ctrl-C in load mode stops the run and reports what was done`,
+  async () => {
+    await using server = await startServer("evented.ts");
+    await using client = new Script(CLIENT, [
+      String(server.port),
+      "--connections",
+      "2",
+      "--duration",
+      "60",
+      "--json",
+    ]);
+    // The probe and both load connections are in: the run is under way.
+    await server.waitForLines(/ connected$/, 3);
+    await server.waitForLine(/#1 .* closed/);
+    client.kill("SIGINT");
+    const exit = await client.waitForExit(10_000);
+    assert.equal(exit.code, 0, exit.stderr);
+    const report = JSON.parse(client.lines[0]) as LoadReport;
+    assert.ok(report.seconds < 30, `ran ${report.seconds} s`);
+    assert.equal(report.errors, 0);
+    assert.equal(report.mismatches, 0);
+  },
+);
+
+// ---------------------------------------------------------------------------
+// The engine as a module (what bench.ts imports)
+// ---------------------------------------------------------------------------
+
+serverTest("runLoad: duration mode, progress, and an early stop", async () => {
+  await using server = await startServer("evented.ts", ["--quiet"]);
+  const target = { host: server.host, port: server.port };
+  const progress: number[] = [];
+  const timed = await runLoad({
+    ...target,
+    connections: 3,
+    duration: 0.5,
+    size: 16,
+    timeoutMs: 40, // the watchdog ticks every 10 ms: progress must still be throttled
+    onProgress: (done) => progress.push(done),
+  });
+  assert.ok(timed.seconds >= 0.5, `ran ${timed.seconds} s`);
+  // (A 40 ms timeout may fire on a busy machine: errors are not the point.)
+  assert.ok(timed.requests > 0 && timed.mismatches === 0);
+  assert.ok(progress.length >= 2, "onProgress not called");
+  assert.ok(
+    progress.length <= 12,
+    `onProgress called ${progress.length} times`,
+  );
+  assert.deepEqual(progress, [...progress].sort((a, b) => a - b));
+
+  const stop = new AbortController();
+  const stopping = runLoad({
+    ...target,
+    connections: 2,
+    duration: 60,
+    size: 16,
+    signal: stop.signal,
+  });
+  setTimeout(() => stop.abort(), 200);
+  const stopped = await withTimeout(stopping, 10_000, "the aborted run");
+  assert.ok(stopped.seconds < 30, `ran ${stopped.seconds} s`);
+  assert.equal(stopped.errors, 0, "the stop itself counted as errors");
+});
+
+serverTest(
+  "runLoad: counts a server's faults instead of throwing; rejects bad options",
+  async () => {
+    // Closes every connection as soon as a request arrives.
+    await using rude = fixtureServer((conn) => {
+      conn.close();
+      return Promise.resolve();
+    });
+    const report = await runLoad({
+      host: "127.0.0.1",
+      port: rude.port,
+      connections: 2,
+      requests: 5,
+      size: 10,
+    });
+    assert.equal(report.requests, 0);
+    assert.equal(report.errors, 10);
+
+    // Never answers: --timeout closes the request, a duration run drains.
+    await using silent = fixtureServer(async () => {}, { holdAfterEof: true });
+    const timedOut = await runLoad({
+      host: "127.0.0.1",
+      port: silent.port,
+      connections: 2,
+      requests: 2,
+      size: 10,
+      timeoutMs: 100,
+    });
+    assert.equal(timedOut.requests, 0);
+    assert.equal(timedOut.errors, 4);
+    const wedged = await runLoad({
+      host: "127.0.0.1",
+      port: silent.port,
+      connections: 2,
+      duration: 0.1,
+      size: 10,
+    });
+    assert.equal(wedged.errors, 2); // abandoned 5 s after the deadline
+    assert.ok(wedged.seconds < 10, `took ${wedged.seconds} s`);
+
+    for (
+      const bad of [
+        { connections: 0, requests: 1, size: 1 },
+        { connections: 1, requests: 0, size: 1 },
+        { connections: 1, requests: 1, size: 0 },
+        { connections: 1, duration: -1, size: 1 },
+        { connections: 1, requests: 1, size: 70_000, udp: true },
+      ]
+    ) {
+      await assert.rejects(
+        runLoad({ host: "127.0.0.1", port: rude.port, ...bad }),
+        RangeError,
+      );
+    }
+  },
+);
+
+serverTest(
+  "runLoad: requests larger than the socket buffers; Unix sockets",
+  async () => {
+    await using server = await startServer("evented.ts", ["--quiet"]);
+    // Written while the echo is read back: written first, both sides would
+    // block on full buffers.
+    const big = await runLoad({
+      host: server.host,
+      port: server.port,
+      connections: 2,
+      requests: 2,
+      size: 16_000_000,
+    });
+    assert.equal(big.requests, 4);
+    assert.equal(big.mismatches, 0);
+    assert.equal(big.bytes, 64_000_000);
+    const path = await Deno.makeTempFile({ suffix: ".sock" });
+    await Deno.remove(path);
+    try {
+      await using unix = await startServer("evented.ts", ["--unix", path]);
+      for (const newConnection of [false, true]) {
+        const report = await runLoad({
+          host: "",
+          port: 0,
+          unix: path,
+          connections: 2,
+          requests: 20,
+          size: 64,
+          newConnection,
+        });
+        assert.equal(report.requests, 40);
+        assert.equal(report.errors + report.mismatches, 0);
+      }
+      await unix.waitForLine(/closed \(eof\)/);
+    } finally {
+      await Deno.remove(path).catch(() => {});
+    }
+  },
+);
+
+serverTest(
+  "runLoad: a UDP datagram not answered in time counts as lost",
+  async () => {
+    // A UDP "server" that answers every other datagram.
+    const socket = Deno.listenDatagram({
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port: 0,
+    });
+    const serving = (async () => {
+      let n = 0;
+      try {
+        for (;;) {
+          const [data, from] = await socket.receive();
+          if (n++ % 2 === 0) await socket.send(data, from);
+        }
+      } catch { /* closed */ }
+    })();
+    try {
+      const report = await runLoad({
+        host: "127.0.0.1",
+        port: (socket.addr as Deno.NetAddr).port,
+        udp: true,
+        connections: 1,
+        requests: 6,
+        size: 8,
+        timeoutMs: 500, // generous: only the unanswered ones may time out
+      });
+      assert.equal(report.requests, 3);
+      assert.equal(report.lost, 3);
+      assert.equal(report.mismatches, 0);
+    } finally {
+      socket.close();
+      await serving;
+    }
+  },
+);
