@@ -755,7 +755,8 @@ check, or load generator.
   --unix PATH          connect to a Unix domain socket instead
   --udp                send datagrams: one per stdin line, or per request
   --timeout MS         how long to wait for a connect or an echo (default 5000;
-                       with --udp 1000 per datagram; TCP load: no limit)
+                       with --udp 1000 per datagram; 10000 per request under
+                       a TCP load)
   -h, --help           show this help
 
 one-shot:
@@ -769,8 +770,12 @@ load mode (any of these selects it):
   --new-connection     connect afresh for every request (the per-client cost)
   --json               print the report as one JSON object
 
+Before a load, one message must come back within the timeout.
+
 Exit status: 0 ok; 1 refused, unknown host, timeout, echo mismatch or errors
-under load (lost datagrams are counted, not fatal); 2 bad arguments.`;
+under load (lost datagrams are counted, not fatal); 2 bad arguments. Ctrl-C
+ends a load and prints its report (exit 0 unless it found errors); a second
+Ctrl-C exits 130 at once.`;
 
 const CLI_OPTIONS = {
   unix: { type: "string" },
@@ -882,7 +887,9 @@ function parseClientArgs(args: string[]): Command {
       duration,
       size,
       newConnection: values["new-connection"] === true,
-      timeoutMs,
+      // A server that stops answering mid-run must not hold the client
+      // forever: a request unanswered this long counts as an error.
+      timeoutMs: timeoutMs ?? (udp ? undefined : DEFAULT_LOAD_TIMEOUT_MS),
     },
   };
 }
@@ -898,6 +905,7 @@ function targetName(target: Target): string {
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;
+const DEFAULT_LOAD_TIMEOUT_MS = 10_000;
 
 /** Connects to `target` or exits 1 with one line saying why. */
 async function connectOrExit(
@@ -982,6 +990,46 @@ async function answerOrExit(
     }
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Sends one small message to `target` and exits 1 with one line unless an
+ * answer comes back within the timeout: the check before a load.
+ */
+async function expectEchoOrExit(options: LoadOptions): Promise<void> {
+  const probe = new TextEncoder().encode("probe\n");
+  if (options.udp) {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_UDP_TIMEOUT_MS;
+    const { socket, to } = await datagramSocketOrExit(options);
+    try {
+      await socket.send(probe, to);
+      await answerOrExit(socket, to, options, timeoutMs);
+    } finally {
+      socket.close();
+    }
+    return;
+  }
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const conn = await connectOrExit(options, timeoutMs);
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    await conn.write(probe);
+    const answer = new Uint8Array(probe.length);
+    let got = 0;
+    while (got < probe.length) {
+      const n = await conn.read(answer.subarray(got));
+      if (n === null) break;
+      got += n;
+    }
+    if (got < probe.length) throw new Error("closed");
+  } catch {
+    fail(SCRIPT, `no echo from ${targetName(options)} within ${timeoutMs} ms`);
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed by the timer */ }
   }
 }
 
@@ -1186,15 +1234,9 @@ function firstDifference(a: Uint8Array, b: Uint8Array): number {
 /** Load mode: run, print the report, exit 1 on mismatches or errors. */
 async function load(options: LoadOptions, json: boolean): Promise<void> {
   const where = targetName(options);
-  if (!options.udp) {
-    // One connect first, so that a server that is not there is one line,
-    // not thousands of counted errors.
-    const probe = await connectOrExit(
-      options,
-      options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
-    );
-    probe.close();
-  }
+  // One round trip first, so that a server that is not there, or does not
+  // echo, is one line now, not thousands of counted errors or a long wait.
+  await expectEchoOrExit(options);
   const stop = new AbortController();
   let interrupts = 0;
   Deno.addSignalListener("SIGINT", () => {

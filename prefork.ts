@@ -110,6 +110,7 @@ const spec = {
   summary:
     "Pre-forked echo server: a supervisor and N worker processes sharing the port.",
   defaultMaxConns: 1000,
+  unix: false,
   denoFlags: "--allow-net --allow-run --unstable-net",
   options: { workers: { type: "string" } },
   optionsUsage:

@@ -61,6 +61,8 @@ export interface ModelSpec {
   defaultMaxConns: number;
   /** When true, `--max-conns` cannot be changed (the iterative model). */
   fixedMaxConns?: boolean;
+  /** False when the model cannot listen on a Unix socket (omitted from usage). */
+  unix?: boolean;
   /** The model's own options, in node:util parseArgs form. */
   options?: ParseArgsOptionsConfig;
   /** Usage lines describing the model's own options. */
@@ -96,9 +98,12 @@ ${spec.summary}
 
   PORT                    TCP port; 0 picks a free one (default ${DEFAULT_PORT})
   --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
-  --unix PATH             listen on a Unix domain socket instead of TCP
-  --max-conns N           clients served at once; the rest wait (${maxConns})
-  --idle-timeout SECONDS  close a client that has sent nothing for that long
+${
+    spec.unix === false
+      ? ""
+      : "  --unix PATH             listen on a Unix domain socket instead of TCP\n"
+  }  --max-conns N           clients served at once; the rest wait (${maxConns})
+  --idle-timeout SECONDS  close a client when no byte has moved for that long
   --cpu-ms N              burn N ms of CPU per chunk received before echoing it
   --grace SECONDS         time clients get to finish on SIGINT/SIGTERM (default 5)
   --nodelay               set TCP_NODELAY on client sockets

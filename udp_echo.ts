@@ -98,6 +98,13 @@ const log = new Logger({
   quiet: values.quiet === true,
 });
 
+if (typeof Deno.listenDatagram !== "function") {
+  // Run without deno.json and without the shebang's flag.
+  fail(
+    SCRIPT,
+    'Deno.listenDatagram needs --unstable-net (or "unstable": ["net"] in deno.json)',
+  );
+}
 let socket: Deno.DatagramConn;
 try {
   socket = Deno.listenDatagram({ transport: "udp", hostname: host, port });
@@ -151,10 +158,16 @@ while (!stopping) {
   }
   if (log.verbose) {
     const client = formatAddr(source);
-    log.event("datagram", `${client}: ${datagram.length} bytes echoed`, {
-      client,
-      bytes: datagram.length,
-    });
+    log.event(
+      "datagram",
+      `${client}: ${datagram.length} byte${
+        datagram.length === 1 ? "" : "s"
+      } echoed`,
+      {
+        client,
+        bytes: datagram.length,
+      },
+    );
   }
 }
 log.event("stopped", "stopped", {}, true);

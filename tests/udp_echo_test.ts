@@ -84,7 +84,7 @@ serverTest(
         `${size} B`,
       );
       await server.waitForLine(
-        new RegExp(`127\\.0\\.0\\.1:${me}: ${size} bytes echoed$`),
+        new RegExp(`127\\.0\\.0\\.1:${me}: ${size} bytes? echoed$`),
       );
     }
   },
