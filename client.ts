@@ -336,15 +336,21 @@ class LoadRun {
     clearInterval(this.#watchdog);
   }
 
-  /** Opens a connection to the target; sets TCP_NODELAY on TCP. */
-  async connect(): Promise<Deno.Conn> {
+  /**
+   * Opens a connection for `lane`; sets TCP_NODELAY on TCP. Closing the lane
+   * (timeout, stop) abandons a connect still pending, as against a listener
+   * whose backlog is full, where the kernel keeps retrying the handshake.
+   */
+  async connect(lane: Lane): Promise<Deno.Conn> {
     if (this.unixPath !== undefined) {
       return await Deno.connect({ transport: "unix", path: this.unixPath });
     }
+    const connecting = lane.connecting = new AbortController();
     const conn = await Deno.connect({
       hostname: this.address,
       port: this.options.port,
-    });
+      signal: connecting.signal,
+    }).finally(() => lane.connecting = null);
     // One write per request already; NODELAY keeps a request the kernel had
     // to split from waiting on a delayed ACK (a 40 ms stall, not the server).
     conn.setNoDelay(true);
@@ -360,6 +366,8 @@ class Lane {
   sentAt = 0;
   /** Set by the watchdog when it closed this lane's request for taking too long. */
   timedOut = false;
+  /** Aborts the lane's connect while one is pending. */
+  connecting: AbortController | null = null;
   /**
    * The request, the same bytes every time; distinct per lane, so that echoes
    * crossed between connections show up as mismatches.
@@ -387,6 +395,7 @@ class Lane {
 
   close(): void {
     const { conn, socket } = this;
+    this.connecting?.abort();
     this.conn = null;
     this.socket = null;
     try {
@@ -410,7 +419,7 @@ async function streamLane(run: LoadRun, lane: Lane): Promise<void> {
       let conn = lane.conn;
       if (conn === null) {
         lane.sentAt = started;
-        conn = lane.conn = await run.connect();
+        conn = lane.conn = await run.connect(lane);
         if (lane.timedOut) throw new Deno.errors.TimedOut("connect timed out");
         started = performance.now(); // the round trip, not the connect, is timed
       }
@@ -465,7 +474,7 @@ async function connectionPerRequestLane(
     lane.timedOut = false;
     lane.sentAt = started;
     try {
-      const conn = lane.conn = await run.connect();
+      const conn = lane.conn = await run.connect(lane);
       if (lane.timedOut) throw new Deno.errors.TimedOut("connect timed out");
       const writing = request.length > WRITE_THEN_READ_LIMIT
         ? writeConcurrently(conn, request, true)

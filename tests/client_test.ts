@@ -8,6 +8,7 @@ import {
   runScript,
   Script,
   serverTest,
+  settlesWithin,
   startServer,
   withTimeout,
   writeAll,
@@ -780,6 +781,47 @@ serverTest(
     } finally {
       socket.close();
       await serving;
+    }
+  },
+);
+
+serverTest(
+  "runLoad: a connect stuck on a full backlog is abandoned at the timeout",
+  async () => {
+    // A listener that never accepts, its backlog full: a new connect gets no
+    // answer, and the kernel retries the handshake for minutes.
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    try {
+      for (;;) {
+        const connect = Deno.connect({
+          hostname: "127.0.0.1",
+          port: listener.addr.port,
+        });
+        if (!(await settlesWithin(connect, 200))) {
+          connect.then((conn) => conn.close(), () => {});
+          break;
+        }
+        held.push(await connect);
+      }
+      const started = performance.now();
+      const report = await runLoad({
+        host: "127.0.0.1",
+        port: listener.addr.port,
+        connections: 2,
+        duration: 0.5,
+        size: 64,
+        newConnection: true,
+        timeoutMs: 300,
+      });
+      assert.equal(report.requests, 0);
+      assert.ok(report.errors >= 2, `${report.errors} errors`);
+      assert.ok(
+        performance.now() - started < 5000,
+        "the stuck connects held the run",
+      );
+    } finally {
+      held.forEach((conn) => conn.close());
     }
   },
 );
