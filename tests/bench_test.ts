@@ -1,0 +1,279 @@
+/**
+ * bench.ts smoke tests: a quick run on a subset prints the promised JSON,
+ * tables and chart, and leaves no process behind. Never asserts speed.
+ */
+import assert from "node:assert/strict";
+import {
+  assertNoStackTrace,
+  ROOT,
+  runScript,
+  Script,
+  serverTest,
+} from "./harness.ts";
+
+interface Proc {
+  pid: number;
+  start: string;
+}
+
+/** `pid`'s descendants now, with start times (Linux /proc). */
+function descendants(pid: number): Proc[] {
+  const found: Proc[] = [];
+  const stack = [pid];
+  while (stack.length) {
+    const parent = stack.pop()!;
+    try {
+      for (const task of Deno.readDirSync(`/proc/${parent}/task`)) {
+        const children = Deno.readTextFileSync(
+          `/proc/${parent}/task/${task.name}/children`,
+        );
+        for (const child of children.split(" ").filter(Boolean)) {
+          const start = startTime(Number(child));
+          if (start === undefined) continue;
+          found.push({ pid: Number(child), start });
+          stack.push(Number(child));
+        }
+      }
+    } catch { /* exited while we looked */ }
+  }
+  return found;
+}
+
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Runs bench.ts with `args` to its end, noting every process it starts (the
+ * servers, their children) while it runs; returns its output and those that
+ * are still alive after it exited.
+ */
+async function runBench(
+  args: string[],
+): Promise<
+  { code: number; stdout: string; stderr: string; seen: number; left: Proc[] }
+> {
+  await using bench = new Script("bench.ts", args);
+  const seen = new Map<string, Proc>();
+  let done = false;
+  const exited = bench.waitForExit(50_000).finally(() => done = true);
+  // A server lives for one scenario run (a few hundred ms with --quick), so
+  // sampling every 20 ms sees each of them.
+  while (!done) {
+    for (const proc of descendants(bench.pid)) {
+      seen.set(`${proc.pid}:${proc.start}`, proc);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const exit = await exited;
+  const left = [...seen.values()].filter((proc) =>
+    startTime(proc.pid) === proc.start
+  );
+  return { ...exit, stdout: bench.lines.join("\n"), seen: seen.size, left };
+}
+
+serverTest(
+  "bench.ts --quick --json on evented and iterative: every scenario, the promised shape, no process left",
+  async () => {
+    const svg = await Deno.makeTempFile({ suffix: ".svg" });
+    try {
+      const run = await runBench([
+        "--quick",
+        "--only",
+        "evented,iterative",
+        "--json",
+        "--svg",
+        svg,
+      ]);
+      assert.equal(run.code, 0, run.stderr);
+      assertNoStackTrace(run.stderr);
+      // A fresh server per scenario and server: fourteen, seen and gone.
+      assert.ok(run.seen >= 14, `saw ${run.seen} of the 14 servers`);
+      assert.deepEqual(run.left, [], "processes left behind");
+      const result = JSON.parse(run.stdout);
+      assert.equal(result.machine.cpus, navigator.hardwareConcurrency);
+      assert.equal(result.machine.deno, Deno.version.deno);
+      assert.deepEqual(result.leftovers, []);
+      assert.deepEqual(
+        result.servers.map((server: { name: string }) => server.name),
+        ["evented", "iterative"],
+      );
+      const ids = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
+      assert.deepEqual(
+        result.scenarios.map((scenario: { id: string }) => scenario.id),
+        ids,
+      );
+      const rows: Record<string, Record<string, Record<string, unknown>>> = {};
+      for (const scenario of result.scenarios) {
+        assert.deepEqual(
+          scenario.rows.map((row: { server: string }) => row.server),
+          ["evented", "iterative"],
+        );
+        rows[scenario.id] = {};
+        for (const row of scenario.rows) {
+          rows[scenario.id][row.server] = row;
+          const what = `${scenario.id} ${row.server}`;
+          assert.equal(row.note, undefined, `${what}: ${row.note}`);
+          assert.equal(row.mismatches, 0, `${what}: echoes differed`);
+        }
+      }
+      // The load scenarios: requests done, without errors, with latencies.
+      for (const id of ["S1", "S2", "S3", "S4", "S5"]) {
+        for (const [server, row] of Object.entries(rows[id])) {
+          const what = `${id} ${server}`;
+          assert.ok(Number(row.requests) > 0, `${what}: no request completed`);
+          assert.ok(Number(row.requestsPerSecond) > 0, what);
+          assert.ok(Number(row.p99Ms) >= Number(row.p50Ms), what);
+          assert.equal(row.errors, 0, `${what}: errors`);
+        }
+      }
+      assert.ok(Number(rows.S3.evented.mbPerSecond) > 0);
+      assert.equal(
+        rows.S4.evented.connectionsPerSecond,
+        rows.S4.evented.requestsPerSecond,
+      );
+      // The CPU of the load process and of the server are both measured.
+      assert.ok(Number(rows.S2.evented.loadCpuUsPerRequest) > 0);
+      assert.ok(Number(rows.S2.evented.serverCpuUsPerRequest) > 0);
+      // S6: evented holds every idle client; iterative only the first, and
+      // the active client waits behind it.
+      const idle = result.settings.idleClients;
+      assert.equal(rows.S6.evented.idleServed, idle);
+      assert.ok(Number(rows.S6.evented.rssHeldBytes) > 0);
+      assert.equal(typeof rows.S6.evented.kbPerIdleClient, "number");
+      assert.ok(Number(rows.S6.evented.activeRequests) > 0);
+      assert.equal(rows.S6.iterative.idleServed, 1);
+      assert.equal(rows.S6.iterative.activeRequests, 0);
+      // S7: iterative answers the second client only once the first left.
+      const holdMs = result.settings.holdSeconds * 1000;
+      assert.ok(Number(rows.S7.iterative.firstEchoMs) >= holdMs * 0.9);
+      assert.equal(typeof rows.S7.evented.firstEchoMs, "number");
+      // Every target is listed; those whose servers did not run are n/a.
+      const ratio = (prefix: string) =>
+        result.ratios.find((ratio: { target: string }) =>
+          ratio.target.startsWith(prefix)
+        );
+      assert.equal(ratio("S2 evented / bare").result, "n/a");
+      assert.ok(["PASS", "MISS"].includes(ratio("S2 on evented").result));
+      assert.ok(["PASS", "MISS"].includes(ratio("S6 evented").result));
+      // The chart: one panel per scenario, a bar label per server in each.
+      const chart = await Deno.readTextFile(svg);
+      assert.match(chart, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+      assert.match(chart, /<\/svg>\n$/);
+      assert.equal(chart.match(/<g transform=/g)?.length, 7);
+      assert.match(chart, />S1 latency</);
+      assert.equal(chart.match(/>evented</g)?.length, 7);
+    } finally {
+      await Deno.remove(svg);
+    }
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  "bench.ts --quick prints a markdown table per scenario under a machine header",
+  async () => {
+    const run = await runBench([
+      "--quick",
+      "--only",
+      "evented",
+      "--scenarios",
+      "S7",
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(run.left, [], "processes left behind");
+    const cpus = navigator.hardwareConcurrency;
+    assert.match(
+      run.stdout,
+      new RegExp(`^${cpus} CPUs .*Deno ${Deno.version.deno}`, "m"),
+    );
+    assert.match(run.stdout, /^## S7 waiting: /m);
+    assert.match(
+      run.stdout,
+      /^\| server \| second client's first echo, ms \| errors \|$/m,
+    );
+    assert.match(run.stdout, /^\| evented \| [\d.]+ \| 0 \|$/m);
+    assert.match(run.stdout, /^## Targets$/m);
+    // Not a terminal: no progress line on stderr, and nothing else to say.
+    assert.equal(run.stderr, "");
+  },
+  { ms: 30_000 },
+);
+
+serverTest(
+  "bench.ts: bad arguments exit 2 with one line and the usage",
+  async () => {
+    for (
+      const args of [
+        ["--only", "nosuch"],
+        ["--scenarios", "S9"],
+        ["--duration", "0"],
+        ["--workers", "1.5"],
+        ["--svg"],
+        ["--bogus"],
+        ["extra"],
+      ]
+    ) {
+      const run = await runScript("bench.ts", args);
+      assert.equal(run.code, 2, `${args.join(" ")}: ${run.stderr}`);
+      assert.match(run.stderr, /^bench\.ts: .+\nusage: /, args.join(" "));
+      assertNoStackTrace(run.stderr);
+    }
+    const help = await runScript("bench.ts", ["--help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^usage: deno run -A bench\.ts/);
+  },
+);
+
+serverTest(
+  "bench.ts copied without some models skips each with one line and runs the rest",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "bench-copy-" });
+    try {
+      for (
+        const file of ["bench.ts", "client.ts", "protocol.ts", "evented.ts"]
+      ) {
+        await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
+      }
+      const output = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          "bench.ts",
+          "--quick",
+          "--only",
+          "evented,forked,threaded-pool",
+          "--scenarios",
+          "S1",
+          "--json",
+        ],
+        cwd: dir,
+        stdin: "null",
+        signal: AbortSignal.timeout(30_000),
+      }).output();
+      const stderr = new TextDecoder().decode(output.stderr);
+      assert.equal(output.code, 0, stderr);
+      assert.equal(
+        stderr,
+        "bench.ts: skipping forked (forked.ts not found)\n" +
+          "bench.ts: skipping threaded-pool (threaded.ts not found)\n",
+      );
+      const result = JSON.parse(new TextDecoder().decode(output.stdout));
+      assert.deepEqual(
+        result.skipped.map((skip: { name: string }) => skip.name),
+        ["forked", "threaded-pool"],
+      );
+      const [row] = result.scenarios[0].rows;
+      assert.equal(row.server, "evented");
+      assert.ok(row.requests > 0);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+  { ms: 40_000 },
+);
