@@ -1687,9 +1687,9 @@ interface Command {
   svg?: string;
 }
 
-function parseBenchArgs(args: string[]): Command {
+async function parseBenchArgs(args: string[]): Promise<Command> {
   const fault = (reason: string): never => usageError(SCRIPT, reason, USAGE);
-  const { values, positionals } = parseCommandLine(
+  const { values, positionals } = await parseCommandLine(
     args,
     OPTIONS,
     SCRIPT,
@@ -1857,7 +1857,7 @@ function settlesWithin(
 }
 
 async function main(args: string[]): Promise<void> {
-  const command = parseBenchArgs(args);
+  const command = await parseBenchArgs(args);
   const progress = progressLine();
   const result = await runBench(
     command.specs,

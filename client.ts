@@ -814,9 +814,9 @@ type Command =
   | { mode: "message"; target: Target; timeoutMs?: number; message: string }
   | { mode: "load"; load: LoadOptions; json: boolean };
 
-function parseClientArgs(args: string[]): Command {
+async function parseClientArgs(args: string[]): Promise<Command> {
   const fault = (reason: string): never => usageError(SCRIPT, reason, USAGE);
-  const { values, positionals } = parseCommandLine(
+  const { values, positionals } = await parseCommandLine(
     args,
     CLI_OPTIONS,
     SCRIPT,
@@ -1363,7 +1363,7 @@ function formatReport(
 }
 
 if (import.meta.main) {
-  const command = parseClientArgs(Deno.args);
+  const command = await parseClientArgs(Deno.args);
   if (command.mode === "load") await load(command.load, command.json);
   else if (command.mode === "message") {
     await oneShot(command.target, command.message, command.timeoutMs);

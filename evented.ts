@@ -16,7 +16,7 @@
  */
 import { parseServerArgs, startServer } from "./protocol.ts";
 
-const options = parseServerArgs(Deno.args, {
+const options = await parseServerArgs(Deno.args, {
   script: "evented.ts",
   model: "evented",
   summary:

@@ -99,7 +99,7 @@ const spec = {
                           sh does (quotes honoured), but no shell: no pipes,
                           variables or globs (use --exec "sh -c '...'")`,
 } as const;
-const options = parseServerArgs(Deno.args, spec);
+const options = await parseServerArgs(Deno.args, spec);
 const exec = options.extra.exec === undefined
   ? undefined
   : parseExec(String(options.extra.exec), options.cpuMs);

@@ -15,7 +15,7 @@
  */
 import { parseServerArgs, startServer } from "./protocol.ts";
 
-const options = parseServerArgs(Deno.args, {
+const options = await parseServerArgs(Deno.args, {
   script: "iterative.ts",
   model: "iterative",
   summary:

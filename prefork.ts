@@ -122,10 +122,10 @@ const spec = {
 if (Deno.args[0] === WORKER_ROLE) {
   await serveAsWorker(
     Number(Deno.args[1]),
-    parseServerArgs(Deno.args.slice(2), spec),
+    await parseServerArgs(Deno.args.slice(2), spec),
   );
 } else {
-  await supervise(parseServerArgs(Deno.args, spec));
+  await supervise(await parseServerArgs(Deno.args, spec));
 }
 
 // ---------------------------------------------------------------------------

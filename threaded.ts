@@ -95,7 +95,7 @@ const FAULT = "fault"; // main (SIGUSR2): throw, as a buggy worker would
 
 async function main(): Promise<void> {
   const spec = modelSpec(Deno.args);
-  const options = parseServerArgs(Deno.args, spec);
+  const options = await parseServerArgs(Deno.args, spec);
   const fault = (reason: string) =>
     usageError(SCRIPT, reason, serverUsage(spec));
   const poolSize = numberOption(options.extra.pool, "--pool", {

@@ -71,7 +71,7 @@ function refusal(source: Deno.NetAddr, self: Deno.NetAddr): string | null {
 }
 
 // The command line: [PORT] [--host ADDR] [--json] [--quiet].
-const { values, positionals } = parseCommandLine(
+const { values, positionals } = await parseCommandLine(
   Deno.args,
   {
     host: { type: "string" },
