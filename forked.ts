@@ -12,7 +12,7 @@
  * How this differs from C's fork(). Deno cannot fork() and cannot hand a
  * socket to a child, so:
  * - The child is a fresh `deno run forked.ts --child CPU_MS` (a hidden role
- *   of this script), not a copy of the parent: ~30 ms to start instead of
+ *   of this script), not a copy of the parent: ~25 ms to start instead of
  *   ~0.2 ms, and nothing shared, permissions included: the child has none
  *   (no --allow-*, --no-prompt, --no-config), so the code that touches client
  *   bytes can open no file, socket or process.
@@ -39,9 +39,10 @@
  *       echoes line by line.
  *
  * Measured here (2 shared cores, Deno 2.9.6): starting and reaping a child
- * costs ~30 ms (a bare `deno` ~20 ms, `/bin/true` ~1 ms; in C, fork+exit+wait
- * 0.23 ms, fork+exec of /bin/true 0.75 ms), so a new client's first echo
- * comes ~32 ms after it connects (evented.ts: 0.3 ms). One client streams
+ * costs ~25 ms, as much as a `deno` child running an empty module
+ * (`/bin/true`: ~1 ms; in C, fork+exit+wait 0.23 ms, fork+exec of /bin/true
+ * 0.75 ms), so a new client's first echo
+ * comes ~24 ms after it connects (evented.ts: 0.6 ms). One client streams
  * ~280 MiB/s each way (evented.ts: ~1.1 GiB/s; `--exec cat`: ~430 MiB/s): the
  * parent's relay is the bottleneck. Each connected client holds a child of
  * ~11 MiB (PSS; 33 MiB RSS).
