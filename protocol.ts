@@ -206,6 +206,29 @@ function unbracket(host: string): string {
   return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
 }
 
+/**
+ * Reads where a server listens from its command line: at most one PORT
+ * positional (0 to 65535, default 8080) and `--host` (default 127.0.0.1, IPv6
+ * with or without brackets). Bad input goes to `fault` (exit 2).
+ */
+export function listenAddress(
+  positionals: string[],
+  hostOption: string | boolean | undefined,
+  fault: (reason: string) => never,
+): { port: number; host: string } {
+  if (positionals.length > 1) {
+    fault(`expected at most one PORT, got ${positionals.join(" ")}`);
+  }
+  const port = numberOption(positionals[0], "PORT", {
+    min: 0,
+    max: 65535,
+    integer: true,
+  }, fault) ?? DEFAULT_PORT;
+  const host = unbracket(String(hostOption ?? "127.0.0.1"));
+  if (host === "") fault("--host needs an address");
+  return { port, host };
+}
+
 /** Parses a TCP server's command line (SPEC.md) or exits 2 saying why. */
 export async function parseServerArgs(
   args: string[],
@@ -220,14 +243,7 @@ export async function parseServerArgs(
     spec.script,
     usage,
   );
-  if (positionals.length > 1) {
-    fault(`expected at most one PORT, got ${positionals.join(" ")}`);
-  }
-  const port = numberOption(positionals[0], "PORT", {
-    min: 0,
-    max: 65535,
-    integer: true,
-  }, fault) ?? DEFAULT_PORT;
+  const { port, host } = listenAddress(positionals, values.host, fault);
   if (values.unix !== undefined) {
     if (values.host !== undefined) {
       fault("--unix and --host exclude each other");
@@ -235,8 +251,6 @@ export async function parseServerArgs(
     if (positionals.length) fault("--unix and PORT exclude each other");
     if (values.unix === "") fault("--unix needs a path");
   }
-  const host = unbracket(String(values.host ?? "127.0.0.1"));
-  if (host === "") fault("--host needs an address");
   const maxConns = numberOption(values["max-conns"], "--max-conns", {
     min: 1,
     integer: true,

@@ -29,8 +29,8 @@ import {
   DEFAULT_PORT,
   fail,
   formatAddr,
+  listenAddress,
   Logger,
-  numberOption,
   onShutdownSignal,
   parseCommandLine,
   usageError,
@@ -83,16 +83,7 @@ const { values, positionals } = await parseCommandLine(
   USAGE,
 );
 const usage = (reason: string): never => usageError(SCRIPT, reason, USAGE);
-if (positionals.length > 1) {
-  usage(`expected at most one PORT, got ${positionals.join(" ")}`);
-}
-const port = numberOption(positionals[0], "PORT", {
-  min: 0,
-  max: 65535,
-  integer: true,
-}, usage) ?? DEFAULT_PORT;
-const host = String(values.host ?? "127.0.0.1").replace(/^\[(.*)\]$/, "$1");
-if (host === "") usage("--host needs an address");
+const { port, host } = listenAddress(positionals, values.host, usage);
 const log = new Logger({
   json: values.json === true,
   quiet: values.quiet === true,
