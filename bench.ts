@@ -843,19 +843,15 @@ async function rate(
 }
 
 /**
- * A child started exactly the way forked.ts starts one (protocol.ts's
- * spawnChildRole: the same deno executable, no permissions, no config, its
- * own session, stdin, stdout and stderr piped) but running a module that does
- * nothing: read to EOF and reaped. What forked.ts adds to this is its own
- * work: loading the script and relaying the bytes.
+ * A child started the way forked.ts starts one (protocol.ts's spawnChildRole:
+ * the same deno executable, no config, its own session, no stdin or stdout,
+ * stderr piped) but running a module that does nothing, and reaped. What
+ * forked.ts adds to this is its own work: loading the script, the socket the
+ * child connects back to, and relaying the bytes.
  */
 async function startAndReapChild(module: string): Promise<void> {
-  const child = spawnChildRole(module, []);
-  await child.stdin.close();
-  await Promise.all([
-    child.stdout.pipeTo(new WritableStream()),
-    child.stderr.cancel(),
-  ]);
+  const child = spawnChildRole(module, [], { stdin: "null", stdout: "null" });
+  await child.stderr.cancel();
   const status = await child.status;
   if (!status.success) throw new Error(`noop child exited ${status.code}`);
 }

@@ -11,15 +11,18 @@
  *
  * How this differs from C's fork(). Deno cannot fork() and cannot hand a
  * socket to a child, so:
- * - The child is a fresh `deno run forked.ts --child CPU_MS` (a hidden role
- *   of this script), not a copy of the parent: ~25 ms to start instead of
- *   ~0.2 ms, and nothing shared, permissions included: the child has none
- *   (no --allow-*, --no-prompt, --no-config), so the code that touches client
- *   bytes can open no file, socket or process.
- * - The child serves the client over its stdin and stdout, as inetd's do, and
- *   the parent relays the bytes between the connection and the child's pipes,
- *   with backpressure and half-close both ways: two more copies per byte.
- * - A child ends when its stdin closes, which is also what happens when the
+ * - The child is a fresh `deno run forked.ts --child CPU_MS SOCKET` (a hidden
+ *   role of this script), not a copy of the parent: ~25 ms to start instead
+ *   of ~0.2 ms, and nothing shared, permissions included: the child may open
+ *   one path, SOCKET, and nothing else (--no-prompt, --no-config), so the
+ *   code that touches client bytes can open no file, socket or process.
+ * - SOCKET is a Unix socket the parent listens on for this child alone, in a
+ *   private directory; it accepts the child's one connection and relays the
+ *   bytes between it and the client's, with backpressure and half-close both
+ *   ways: two more copies per byte. (inetd hands a child the connection as
+ *   its stdin and stdout; Deno reads a child's stdio on a blocking thread, a
+ *   thread handoff per read, and a relay through pipes moved ~60 % as much.)
+ * - A child ends when its socket closes, which is also what happens when the
  *   parent dies, even by SIGKILL (C would use prctl(PR_SET_PDEATHSIG)). Each
  *   child leads its own process group, so a Ctrl-C reaches only the parent,
  *   which drains, and terminating a child ends whatever it started too.
@@ -42,10 +45,11 @@
  * costs ~25 ms, as much as a `deno` child running an empty module
  * (`/bin/true`: ~1 ms; in C, fork+exit+wait 0.23 ms, fork+exec of /bin/true
  * 0.75 ms), so a new client's first echo
- * comes ~24 ms after it connects (evented.ts: 0.6 ms). One client streams
- * ~280 MiB/s each way (evented.ts: ~1.1 GiB/s; `--exec cat`: ~430 MiB/s): the
- * parent's relay is the bottleneck. Each connected client holds a child of
- * ~11 MiB (PSS; 33 MiB RSS).
+ * comes ~24 ms after it connects (evented.ts: 0.6 ms). Four clients sending
+ * 64 KiB messages get ~0.45x evented.ts's MB/s (bench.ts S3): the parent
+ * makes four socket calls per message where evented.ts makes two (socat's
+ * fork + EXEC:cat, the same design in C, gets ~0.6x). Each connected client
+ * holds a child of ~11 MiB (PSS; 33 MiB RSS).
  */
 import {
   describeExit,
@@ -60,7 +64,7 @@ import {
   usageError,
 } from "./protocol.ts";
 
-/** The hidden first argument that makes this script a child: `--child CPU_MS`. */
+/** The hidden first argument that makes this script a child: `--child CPU_MS SOCKET`. */
 const CHILD_ROLE = "--child";
 /** Bytes relayed per read, each way. */
 const RELAY_BUFFER = 64 * 1024;
@@ -72,14 +76,19 @@ const EXIT_WAIT_MS = 1000;
 const KILL_AFTER_MS = 2000;
 
 if (Deno.args[0] === CHILD_ROLE) {
-  // The child: one client's echo over stdin/stdout, with no permission at
-  // all. Stdin's EOF is the client's EOF, or the parent's death.
-  const cpuMs = Number(Deno.args[1] ?? 0);
+  // The child: one client's echo over the socket its parent made for it, the
+  // one thing it may open. The socket's end is the client's EOF, or the
+  // parent's death.
+  const [, cpuMs, path] = Deno.args;
   try {
-    await echo(Deno.stdin, Deno.stdout, { bytesIn: 0, bytesOut: 0 }, cpuMs);
+    using parent = await Deno.connect({ transport: "unix", path });
+    await echo(parent, parent, { bytesIn: 0, bytesOut: 0 }, Number(cpuMs));
   } catch (error) {
-    // A broken pipe means the parent stopped listening: the client is gone.
-    if (!(error instanceof Deno.errors.BrokenPipe)) {
+    // A broken connection means the parent stopped listening: the client is gone.
+    if (
+      !(error instanceof Deno.errors.BrokenPipe ||
+        error instanceof Deno.errors.ConnectionReset)
+    ) {
       console.error(`forked.ts child: ${(error as Error).message}`);
     }
     Deno.exit(1);
@@ -105,21 +114,10 @@ const exec = options.extra.exec === undefined
   ? undefined
   : parseExec(String(options.extra.exec), options.cpuMs);
 
-// What runs per client: the command of --exec, or this script as a child.
-const startChild = exec
-  ? () =>
-    new Deno.Command(exec[0], {
-      args: exec.slice(1),
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      detached: true, // its own process group, which Ctrl-C does not reach
-    }).spawn()
-  : () =>
-    spawnChildRole(import.meta.filename ?? import.meta.url, [
-      CHILD_ROLE,
-      String(options.cpuMs),
-    ]);
+// A private directory (mode 0700) for the sockets that link children to us.
+const socketDir = exec
+  ? undefined
+  : Deno.makeTempDirSync({ prefix: "forked-" });
 
 const server = await startServer(options, {
   model: "forked",
@@ -128,6 +126,9 @@ const server = await startServer(options, {
       ? `exec ${exec.map(shellQuote).join(" ")}`
       : "sandboxed deno child per client",
   ],
+  onStop: () => {
+    if (socketDir) Deno.removeSync(socketDir, { recursive: true });
+  },
 });
 
 for await (const conn of server.clients()) {
@@ -144,16 +145,17 @@ async function serveInChild(session: Session): Promise<void> {
   const { id } = session;
   const log = server.log;
   if (session.signal.aborted) return; // a shutdown came first
-  let child: Deno.ChildProcess;
+  let started: StartedChild;
   try {
-    child = startChild();
+    started = exec ? startCommand(exec) : startDenoChild(id);
   } catch (error) {
     const what = exec?.[0] ?? "child";
     log.error(`#${id} cannot start ${what}: ${spawnError(error)}`, { id });
     session.end("cannot start child");
     return;
   }
-  const started = performance.now();
+  const { child } = started;
+  const startedAt = performance.now();
   const pid = child.pid;
   if (log.verbose) {
     log.event("spawned", `#${id} spawned child ${pid}`, { id, child: pid });
@@ -162,14 +164,6 @@ async function serveInChild(session: Session): Promise<void> {
     const fields = { id, child: pid, line };
     log.event("stderr", `#${id} child ${pid}: ${line}`, fields, true);
   });
-  const input = relayToChild(session, child.stdin);
-  const output = relayToClient(child.stdout, session);
-
-  // Done when the child's output has ended and was all sent, or when the
-  // client is gone (a failure on either side), or when the server ends it.
-  const clientFailed = input.then((error) =>
-    error === undefined ? new Promise<never>(() => {}) : error
-  );
   let terminated: Promise<Deno.CommandStatus> | undefined;
   const endedByServer = new Promise<void>((resolve) =>
     session.signal.addEventListener("abort", () => {
@@ -182,17 +176,21 @@ async function serveInChild(session: Session): Promise<void> {
       resolve();
     }, { once: true })
   );
-  const failure = await Promise.race([output, clientFailed, endedByServer]);
-  if (failure === undefined && !session.signal.aborted) {
-    // The child has said everything: tell the client (FIN). If it is still
-    // sending (the child stopped early), give it a moment to see that before
-    // the connection closes, so that it gets a clean end and not a reset.
-    try {
-      await session.conn.closeWrite();
-    } catch { /* already gone */ }
-    await within(input, LINGER_MS);
-  }
-  session.close(); // ends the input relay, which closes the child's stdin
+
+  // The child's end of the relay: its socket once it has connected, or its
+  // pipes (--exec). A child that dies or is ended before connecting has none.
+  const link = await Promise.race([
+    started.link,
+    child.status.then(() => null),
+    endedByServer.then(() => null),
+  ]);
+  const failure = link
+    ? await relay(session, link, endedByServer)
+    : session.signal.aborted
+    ? undefined
+    : new Error("the child ended before it connected");
+  session.close(); // ends the input relay, which ends the child's input
+  link?.close();
 
   // A child whose client is gone gets a moment to see its EOF, then SIGTERM,
   // then SIGKILL; its process group with it, so that no grandchild is left.
@@ -201,9 +199,13 @@ async function serveInChild(session: Session): Promise<void> {
     killAfterMs: KILL_AFTER_MS,
     group: true,
   }));
+  started.abandon();
   await within(stderrLogged, 100); // its last words before its exit line
   if (log.verbose) {
-    const { text, fields } = describeExit(status, performance.now() - started);
+    const { text, fields } = describeExit(
+      status,
+      performance.now() - startedAt,
+    );
     log.event("reaped", `#${id} reaped child ${pid}: ${text}`, {
       id,
       child: pid,
@@ -214,16 +216,167 @@ async function serveInChild(session: Session): Promise<void> {
 }
 
 /**
- * Copies the client's bytes into the child's stdin until the client's EOF,
- * then closes the child's stdin: the child's EOF. If the child stops reading
- * (it exited), the rest of the client's bytes are read and dropped. Resolves
- * with the error if reading from the client fails, else undefined.
+ * Relays between the client and the child, both ways, until the child's
+ * output has ended and was all sent (resolves undefined), or the client is
+ * gone (resolves with the error), or the server ends the client.
+ */
+async function relay(
+  session: Session,
+  link: ChildLink,
+  endedByServer: Promise<void>,
+): Promise<unknown> {
+  const input = relayToChild(session, link);
+  const output = relayToClient(link, session);
+  const clientFailed = input.then((error) =>
+    error === undefined ? new Promise<never>(() => {}) : error
+  );
+  const failure = await Promise.race([output, clientFailed, endedByServer]);
+  if (failure === undefined && !session.signal.aborted) {
+    // The child has said everything: tell the client (FIN). If it is still
+    // sending (the child stopped early), give it a moment to see that before
+    // the connection closes, so that it gets a clean end and not a reset.
+    try {
+      await session.conn.closeWrite();
+    } catch { /* already gone */ }
+    await within(input, LINGER_MS);
+  }
+  return failure;
+}
+
+/** A child just started, and how to reach it. */
+interface StartedChild {
+  child: Deno.ChildProcess;
+  /** Resolves once the child can be talked to. */
+  link: Promise<ChildLink>;
+  /** Gives up waiting for the link (the child is reaped). */
+  abandon(): void;
+}
+
+/**
+ * The child's side of the relay, whatever carries it: the child's input, and
+ * its output read into a buffer of our own.
+ */
+interface ChildLink {
+  /** Reads the child's next output; the view is valid until the next read. */
+  read(): Promise<Uint8Array | null>;
+  /** Writes all of `bytes` to the child's input. */
+  write(bytes: Uint8Array): Promise<void>;
+  /** Ends the child's input: its EOF. */
+  endInput(): Promise<void>;
+  /** Releases both ways. */
+  close(): void;
+}
+
+/**
+ * Starts this script as a sandboxed child that connects back to a socket
+ * made for it alone: the one path its permissions name. A Unix socket rather
+ * than the child's stdin and stdout, because Deno reads and writes a process's
+ * stdio on a blocking thread, a thread handoff per read (measured: the relay
+ * moved 250 MB/s through pipes, 400 MB/s through a socket).
+ */
+function startDenoChild(id: number): StartedChild {
+  const path = `${socketDir}/${id}.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  let child: Deno.ChildProcess;
+  try {
+    child = spawnChildRole(import.meta.filename ?? import.meta.url, [
+      CHILD_ROLE,
+      String(options.cpuMs),
+      path,
+    ], {
+      denoFlags: [
+        `--allow-net=unix:${path}`,
+        `--allow-read=${path}`,
+        `--allow-write=${path}`,
+      ],
+      stdin: "null", // the socket's end tells the child that we are gone
+      stdout: "null",
+    });
+  } catch (error) {
+    listener.close();
+    throw error;
+  }
+  // One connection, and the listener (and its file) is gone: nobody else
+  // can reach the child through it.
+  const stopListening = () => {
+    try {
+      listener.close(); // Deno removes the socket file too
+    } catch { /* closed already */ }
+  };
+  const link = listener.accept().finally(stopListening).then(socketLink);
+  link.catch(() => {}); // closed unaccepted: the child died or was ended
+  return { child, link, abandon: stopListening };
+}
+
+/** Starts --exec's command, its stdin and stdout the link. */
+function startCommand(command: string[]): StartedChild {
+  const child = new Deno.Command(command[0], {
+    args: command.slice(1),
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    detached: true, // its own process group, which Ctrl-C does not reach
+  }).spawn();
+  return { child, link: Promise.resolve(pipeLink(child)), abandon() {} };
+}
+
+/** The link over a connected socket. */
+function socketLink(conn: Deno.Conn): ChildLink {
+  const buffer = new Uint8Array(RELAY_BUFFER);
+  return {
+    async read() {
+      const n = await conn.read(buffer);
+      return n === null ? null : buffer.subarray(0, n);
+    },
+    async write(bytes) {
+      for (let off = 0; off < bytes.length;) {
+        off += await conn.write(bytes.subarray(off));
+      }
+    },
+    endInput: () => conn.closeWrite(),
+    close() {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    },
+  };
+}
+
+/** The link over a command's stdin and stdout pipes (web streams). */
+function pipeLink(child: Deno.ChildProcess): ChildLink {
+  const writer = child.stdin.getWriter();
+  // A BYOB reader reads into our buffer and hands it back with each chunk:
+  // one buffer for the whole stream, not one per chunk.
+  const reader = child.stdout.getReader({ mode: "byob" });
+  let buffer = new ArrayBuffer(RELAY_BUFFER);
+  return {
+    async read() {
+      const { value, done } = await reader.read(new Uint8Array(buffer));
+      if (done) return null;
+      buffer = value.buffer as ArrayBuffer;
+      return value;
+    },
+    // Resolves once the pipe took the bytes, so the buffer is free again and
+    // a child that does not read holds the client back.
+    write: (bytes) => writer.write(bytes),
+    endInput: () => writer.close(),
+    close() {
+      writer.close().catch(() => {});
+      reader.cancel().catch(() => {});
+    },
+  };
+}
+
+/**
+ * Copies the client's bytes into the child until the client's EOF, then ends
+ * the child's input. If the child stops reading (it exited), the rest of the
+ * client's bytes are read and dropped. Resolves with the error if reading
+ * from the client fails, else undefined.
  */
 async function relayToChild(
   session: Session,
-  stdin: WritableStream<Uint8Array>,
+  link: ChildLink,
 ): Promise<unknown> {
-  const writer = stdin.getWriter();
   const buffer = new Uint8Array(RELAY_BUFFER);
   let childReads = true;
   try {
@@ -233,11 +386,7 @@ async function relayToChild(
       session.bytesIn += n;
       if (!childReads) continue;
       try {
-        // Resolves once the pipe took the bytes, so the buffer is free again
-        // and a child that does not read holds the client back.
-        await writer.write(
-          n === buffer.length ? buffer : buffer.subarray(0, n),
-        );
+        await link.write(n === buffer.length ? buffer : buffer.subarray(0, n));
       } catch {
         childReads = false;
       }
@@ -245,35 +394,30 @@ async function relayToChild(
   } catch (error) {
     return error;
   } finally {
-    writer.close().catch(() => {}); // already closed when the child is gone
+    link.endInput().catch(() => {}); // already ended when the child is gone
   }
 }
 
 /**
- * Copies the child's stdout to the client until it ends, every byte written
+ * Copies the child's output to the client until it ends, every byte written
  * before it resolves. Resolves with the error if writing to the client fails
- * (the child's stdout is then closed: its next write fails), else undefined.
+ * (the link is then closed: the child's next write fails), else undefined.
  */
 async function relayToClient(
-  stdout: ReadableStream<Uint8Array>,
+  link: ChildLink,
   session: Session,
 ): Promise<unknown> {
-  // A BYOB reader reads into our buffer and hands it back with each chunk:
-  // one buffer for the whole stream, not one per chunk.
-  const reader = stdout.getReader({ mode: "byob" });
-  let buffer = new ArrayBuffer(RELAY_BUFFER);
   try {
     for (;;) {
-      const { value, done } = await reader.read(new Uint8Array(buffer));
-      if (done) return undefined;
-      for (let off = 0; off < value.length;) {
-        off += await session.conn.write(value.subarray(off));
+      const chunk = await link.read();
+      if (chunk === null) return undefined;
+      for (let off = 0; off < chunk.length;) {
+        off += await session.conn.write(chunk.subarray(off));
       }
-      session.bytesOut += value.length;
-      buffer = value.buffer as ArrayBuffer;
+      session.bytesOut += chunk.length;
     }
   } catch (error) {
-    reader.cancel().catch(() => {});
+    link.close();
     return error;
   }
 }

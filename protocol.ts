@@ -944,6 +944,12 @@ export interface ChildRoleOptions {
    * Default: none, so the child has no permission at all.
    */
   denoFlags?: string[];
+  /**
+   * The child's stdin (default `"piped"`, the lifeline described below).
+   * `"null"` for a role that learns of its parent's death another way, such
+   * as the end of a connection to the parent.
+   */
+  stdin?: "piped" | "null";
   /** The child's stdout (default `"piped"`). */
   stdout?: "piped" | "inherit" | "null";
   /** The child's stderr (default `"piped"`). */
@@ -958,7 +964,8 @@ export interface ChildRoleOptions {
  *
  * - The child has exactly the permissions in `denoFlags` (none by default),
  *   never prompts, and ignores any deno.json in the working directory.
- * - Its stdin is a pipe from this process, kept open for the child's life:
+ * - Its stdin (unless `stdin: "null"`) is a pipe from this process, kept
+ *   open for the child's life:
  *   when this process ends, however it ends (SIGKILL included), the kernel
  *   closes the pipe and the child reads EOF. A child role must end then: serve
  *   its stdin to EOF, or await {@linkcode untilStdinCloses}. (In C,
@@ -984,7 +991,7 @@ export function spawnChildRole(
       script,
       ...roleArgs,
     ],
-    stdin: "piped",
+    stdin: options.stdin ?? "piped",
     stdout: options.stdout ?? "piped",
     stderr: options.stderr ?? "piped",
     detached: true,

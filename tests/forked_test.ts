@@ -283,6 +283,27 @@ serverTest(
 );
 
 serverTest(
+  "forked.ts: a child killed before it connects back ends only its client",
+  async () => {
+    await using server = await startServer("forked.ts");
+    using conn = await server.connect();
+    // The log names the child as soon as it is spawned, long before a new
+    // Deno runtime can connect back (~20 ms).
+    const spawned = await server.waitForLine(/#1 spawned child (\d+)$/);
+    Deno.kill(Number(spawned.match(/(\d+)$/)![1]), "SIGKILL");
+    assert.equal(
+      (await withTimeout(readToEnd(conn), 10_000, "close")).length,
+      0,
+    );
+    await server.waitForLine(
+      /#1 .* closed \(error: the child ended before it connected\)/,
+    );
+    using next = await server.connect();
+    assert.equal(await roundTripText(next, "next"), "next");
+  },
+);
+
+serverTest(
   "forked.ts: 50 clients one after another leave no zombie and no live child",
   async () => {
     await using server = await startServer("forked.ts");
@@ -312,9 +333,14 @@ serverTest(
     assert.equal(await roundTripText(conn, "x"), "x");
     const tree = await processTree(server.pid);
     assert.equal(tree.length, 2, `server and child: ${tree}`);
+    const socket = (await Deno.readTextFile(`/proc/${tree[1]}/cmdline`))
+      .split("\0").at(-2)!;
+    const socketDir = socket.slice(0, socket.lastIndexOf("/"));
+    assert.ok((await Deno.stat(socketDir)).isDirectory);
     server.kill("SIGTERM");
     const exit = await server.waitForExit();
     assert.equal(exit.code, 0, exit.stderr);
+    await assert.rejects(Deno.stat(socketDir), Deno.errors.NotFound);
     assert.match(
       server.lines.join("\n"),
       new RegExp(`#1 reaped child ${tree[1]}: killed by SIGTERM`),
@@ -390,7 +416,7 @@ serverTest(
 );
 
 serverTest(
-  "forked.ts: the child role, run by hand as the server runs it, has no network",
+  "forked.ts: the child role, run by hand as the server runs it, can reach its own socket and nothing else",
   async () => {
     await using server = await startServer("forked.ts");
     using conn = await server.connect();
@@ -400,17 +426,34 @@ serverTest(
       .split("\0").slice(0, -1);
     assert.equal(argv[1], "run");
     assert.ok(argv.includes("--no-prompt"), argv.join(" "));
-    for (const arg of argv) {
-      assert.doesNotMatch(arg, /^(-A|--allow-|-[RWNESP]$|--permission)/, arg);
-    }
-    // The same command line, with a probe module run first, in the same
-    // sandbox, that tries the network and more.
+    // Its permissions name one path: the socket it connects back to, in a
+    // directory only the server's user can enter.
+    const socket = argv.at(-1)!;
+    assert.deepEqual(
+      argv.filter((arg) => /^(-A|--allow-|-[RWNESP]$|--permission)/.test(arg)),
+      [
+        `--allow-net=unix:${socket}`,
+        `--allow-read=${socket}`,
+        `--allow-write=${socket}`,
+      ],
+    );
+    const socketDir = socket.slice(0, socket.lastIndexOf("/"));
+    assert.equal((await Deno.stat(socketDir)).mode! & 0o777, 0o700);
+    // The same command line, with a socket of ours instead, and a probe
+    // module run first, in the same sandbox, that tries the network and more.
     const dir = await Deno.makeTempDir();
+    const ours = `${dir}/child.sock`;
+    const other = `${dir}/other.sock`;
+    using listener = Deno.listen({ transport: "unix", path: ours });
+    using _other = Deno.listen({ transport: "unix", path: other });
     const probe = `${dir}/probe.ts`;
     await Deno.writeTextFile(
       probe,
       `const tries = {
         connect: () => Deno.connect({ hostname: "127.0.0.1", port: ${server.port} }),
+        unix: () => Deno.connect({ transport: "unix", path: ${
+        JSON.stringify(other)
+      } }),
         listen: () => Deno.listen({ hostname: "127.0.0.1", port: 0 }),
         read: () => Deno.readTextFile(${JSON.stringify(`${ROOT}forked.ts`)}),
         run: () => new Deno.Command("true").output(),
@@ -424,22 +467,27 @@ serverTest(
       console.error(results.join(", "));`,
     );
     const byHand = new Deno.Command(argv[0], {
-      args: [argv[1], "--preload", probe, ...argv.slice(2)],
-      stdin: "piped",
+      args: [
+        argv[1],
+        "--preload",
+        probe,
+        ...argv.slice(2).map((arg) => arg.replace(socket, ours)),
+      ],
+      stdin: "null",
       stdout: "piped",
       stderr: "piped",
     }).spawn();
     try {
-      const writer = byHand.stdin.getWriter();
-      await writer.write(encode("by hand\n"));
-      await writer.close();
+      using link = await withTimeout(listener.accept(), 15_000, "connect");
+      await writeAll(link, encode("by hand\n"));
+      await link.closeWrite();
+      assert.equal(decode(await readToEnd(link)), "by hand\n");
       const output = await withTimeout(byHand.output(), 15_000, "the child");
       const stderr = decode(output.stderr);
-      assert.equal(decode(output.stdout), "by hand\n", stderr);
       assert.equal(output.code, 0, stderr);
       assert.equal(
         stderr.trim(),
-        "connect: NotCapable, listen: NotCapable, read: NotCapable, run: NotCapable, env: NotCapable",
+        "connect: NotCapable, unix: NotCapable, listen: NotCapable, read: NotCapable, run: NotCapable, env: NotCapable",
       );
     } finally {
       try {
