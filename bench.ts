@@ -106,6 +106,22 @@ function serverSpecs(workers: number): ServerSpec[] {
       banner: true,
       command: () => [Deno.execPath(), "run", "-A", SCRIPT, "--bare-server"],
     },
+    {
+      name: "bare-pool",
+      label: `bare, ${workers} threads (reference)`,
+      reference: true,
+      cpuMs: false,
+      banner: true,
+      command: () => [
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--unstable-net",
+        SCRIPT,
+        "--bare-server",
+        String(workers),
+      ],
+    },
     modelServer("evented", "evented.ts", "evented"),
     modelServer("iterative", "iterative.ts", "iterative"),
     modelServer("forked", "forked.ts", "forked"),
@@ -1189,6 +1205,19 @@ function computeRatios(result: BenchResult): Ratio[] {
       {},
     );
   }
+  add(
+    `S3 bare, ${pools} threads / bare, MB/s (what any pool can gain here: no target)`,
+    divide(mbps("bare-pool"), mbps("bare")),
+    {},
+  );
+  add(
+    "S2 on bare: load CPU / server CPU per request (the floor: no target)",
+    divide(
+      metric(result, "S2", "bare", "loadCpuUsPerRequest"),
+      metric(result, "S2", "bare", "serverCpuUsPerRequest"),
+    ),
+    {},
+  );
   const refs = result.references;
   add(
     "S4 forked / Deno child start rate",
@@ -1789,14 +1818,52 @@ function progressLine(): Progress {
 
 /**
  * Reads into one reused 64 KiB buffer and writes back what was read: no
- * logging, limits or timeouts. Run as `bench.ts --bare-server`; it prints the
- * same banner as the models and dies on SIGTERM.
+ * logging, limits or timeouts. Run as `bench.ts --bare-server [THREADS]`; it
+ * prints the same banner as the models and dies on SIGTERM. With THREADS > 1
+ * the same loop also runs in THREADS - 1 Workers, each with its own listener on
+ * the port (SO_REUSEPORT, as `threaded.ts --pool` does): the most that any
+ * pool can gain over one thread on this machine, under this load.
  */
-async function bareServer(): Promise<void> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  console.log(
-    `listening on 127.0.0.1:${listener.addr.port} (bare, pid ${Deno.pid})`,
-  );
+async function bareServer(threads: number): Promise<void> {
+  const listener = Deno.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    reusePort: threads > 1,
+  });
+  const { port } = listener.addr;
+  for (let i = 1; i < threads; i++) {
+    const worker = new Worker(import.meta.url, {
+      type: "module",
+      name: `${BARE_WORKER}${port}`,
+    });
+    await new Promise((resolve, reject) => {
+      worker.onmessage = resolve;
+      worker.onerror = (event) => {
+        event.preventDefault();
+        reject(new Error(`bare worker: ${event.message}`));
+      };
+    });
+  }
+  const how = threads > 1 ? `${threads} threads, ` : "";
+  console.log(`listening on 127.0.0.1:${port} (bare, ${how}pid ${Deno.pid})`);
+  await bareAcceptLoop(listener);
+}
+
+/** The name of a bare server's Worker: this prefix, then the port. */
+const BARE_WORKER = "bench-bare-";
+
+/** In a bare server's Worker: listen on the shared port, say so, serve. */
+async function bareWorker(port: number): Promise<void> {
+  const listener = Deno.listen({
+    hostname: "127.0.0.1",
+    port,
+    reusePort: true,
+  });
+  (self as unknown as Worker).postMessage("listening");
+  await bareAcceptLoop(listener);
+}
+
+async function bareAcceptLoop(listener: Deno.Listener): Promise<never> {
   for (;;) {
     try {
       bareEcho(await listener.accept());
@@ -1874,7 +1941,10 @@ async function main(args: string[]): Promise<void> {
   );
 }
 
-if (import.meta.main) {
-  if (Deno.args[0] === "--bare-server") await bareServer();
-  else await main(Deno.args);
+if (self.name?.startsWith(BARE_WORKER)) {
+  await bareWorker(Number(self.name.slice(BARE_WORKER.length)));
+} else if (import.meta.main) {
+  if (Deno.args[0] === "--bare-server") {
+    await bareServer(Math.max(1, Number(Deno.args[1] ?? 1) || 1));
+  } else await main(Deno.args);
 }

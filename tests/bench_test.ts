@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   assertNoStackTrace,
   ROOT,
+  roundTripText,
   runScript,
   Script,
   serverTest,
@@ -276,4 +277,31 @@ serverTest(
     }
   },
   { ms: 40_000 },
+);
+
+serverTest(
+  "bench.ts --bare-server 2: the bare loop on two threads sharing the port echoes every client",
+  async () => {
+    await using server = new Script("bench.ts", ["--bare-server", "2"]);
+    const banner = await server.waitForLine(/./, 15_000);
+    const match = banner.match(
+      /^listening on 127\.0\.0\.1:(\d+) \(bare, 2 threads, pid (\d+)\)$/,
+    );
+    assert.ok(match, banner);
+    assert.equal(Number(match[2]), server.pid);
+    const conns = await Promise.all(
+      Array.from(
+        { length: 16 },
+        () => Deno.connect({ hostname: "127.0.0.1", port: Number(match[1]) }),
+      ),
+    );
+    try {
+      const echoes = await Promise.all(
+        conns.map((conn, i) => roundTripText(conn, `client ${i}`)),
+      );
+      assert.deepEqual(echoes, conns.map((_, i) => `client ${i}`));
+    } finally {
+      conns.forEach((conn) => conn.close());
+    }
+  },
 );
