@@ -28,6 +28,7 @@ import { type LoadOptions, runLoad } from "./client.ts";
 import {
   fail,
   numberOption,
+  onShutdownSignal,
   parseCommandLine,
   spawnChildRole,
   usageError,
@@ -208,6 +209,9 @@ function freePort(): number {
   return port;
 }
 
+/** The servers running now: what an interrupted bench stops before it exits. */
+const runningServers = new Set<RunningServer>();
+
 /** A server started for one scenario, stopped (by pid) right after it. */
 class RunningServer {
   host = "127.0.0.1";
@@ -227,6 +231,7 @@ class RunningServer {
       stderr: "piped",
       env: { NO_COLOR: "1" },
     }).spawn();
+    runningServers.add(this);
     let bannerFound: (line: string) => void = () => {};
     this.#bannerLine = new Promise((resolve) => bannerFound = resolve);
     this.#output = Promise.all([
@@ -309,6 +314,7 @@ class RunningServer {
     }
     // Whatever held the server's stdout and stderr is gone now.
     await settlesWithin(this.#output, 1000);
+    runningServers.delete(this);
     return leftovers.map((proc) => `pid ${proc.pid} (${proc.command})`);
   }
 
@@ -1922,6 +1928,16 @@ function settlesWithin(
 async function main(args: string[]): Promise<void> {
   const command = await parseBenchArgs(args);
   const progress = progressLine();
+  // Killed by pid (a terminal's Ctrl-C reaches the servers too, but `kill`
+  // does not): stop the servers it started, then exit as the signal would.
+  onShutdownSignal(async (signal, count) => {
+    progress.clear();
+    if (count === 1) {
+      console.error(`bench.ts: ${signal}: stopping the servers`);
+      await Promise.all([...runningServers].map((server) => server.stop()));
+    }
+    Deno.exit(signal === "SIGINT" ? 130 : 143);
+  });
   const result = await runBench(
     command.specs,
     command.scenarios,

@@ -305,3 +305,32 @@ serverTest(
     }
   },
 );
+
+serverTest(
+  "bench.ts killed by pid stops the server it is running and exits 143",
+  async () => {
+    await using bench = new Script("bench.ts", [
+      "--only",
+      "evented",
+      "--scenarios",
+      "S3",
+      "--duration",
+      "30",
+    ]);
+    // No event says that bench has started its server: poll /proc, bounded.
+    let servers: Proc[] = [];
+    for (const deadline = performance.now() + 15_000; !servers.length;) {
+      assert.ok(performance.now() < deadline, "no server started");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      servers = descendants(bench.pid);
+    }
+    Deno.kill(bench.pid, "SIGTERM");
+    const exit = await bench.waitForExit(15_000);
+    assert.equal(exit.code, 143, exit.stderr);
+    assert.match(exit.stderr, /^bench\.ts: SIGTERM: stopping the servers$/m);
+    assertNoStackTrace(exit.stderr);
+    for (const server of servers) {
+      assert.notEqual(startTime(server.pid), server.start, "a server lives on");
+    }
+  },
+);
