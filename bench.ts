@@ -1527,7 +1527,7 @@ function chart(result: BenchResult): string {
   const panels = result.scenarios.map((scenario) => {
     const { metric, unit, lowerIsBetter } = CHART[scenario.id];
     const bars = scenario.rows.map((row) => ({
-      label: row.label,
+      label: row.label.replace(/ \(reference\)$/, " (ref)"), // fits the panel
       value: typeof row[metric] === "number" ? row[metric] as number : null,
       color: COLORS[row.server] ?? COLORS.reference,
       note: row.note ?? barNote(scenario.id, row),

@@ -45,10 +45,11 @@
  * costs ~25 ms, as much as a `deno` child running an empty module
  * (`/bin/true`: ~1 ms; in C, fork+exit+wait 0.23 ms, fork+exec of /bin/true
  * 0.75 ms), so a new client's first echo
- * comes ~24 ms after it connects (evented.ts: 0.6 ms). Four clients sending
- * 64 KiB messages get ~0.45x evented.ts's MB/s (bench.ts S3): the parent
- * makes four socket calls per message where evented.ts makes two (socat's
- * fork + EXEC:cat, the same design in C, gets ~0.6x). Each connected client
+ * comes ~25 ms after it connects (evented.ts: 0.6 ms). Four clients sending
+ * 64 KiB messages get ~0.4x evented.ts's MB/s (bench.ts S3): the parent
+ * makes four socket calls per message where evented.ts makes two, on one
+ * thread for all clients (socat's fork + EXEC:cat, the same design in C with
+ * the relay in each client's process, gets ~0.7x). Each connected client
  * holds a child of ~11 MiB (PSS; 33 MiB RSS).
  */
 import {

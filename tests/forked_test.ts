@@ -114,21 +114,26 @@ serverTest(
     const cpuBefore = await Promise.all(
       [server.pid, ...pids].map(cpuTimeMs),
     );
-    const started = performance.now();
-    const echoes = await Promise.all([
-      roundTripText(first, "first"),
-      roundTripText(second, "second"),
-    ]);
-    const elapsed = performance.now() - started;
-    assert.deepEqual(echoes, ["first", "second"]);
+    // One process for both takes 2 x cpuMs or more, every time (the burn
+    // counts only running time); best of a few tries, as other work may share
+    // the cores.
+    let elapsed = Infinity;
+    for (let i = 0; i < 3 && elapsed >= cpuMs * 1.75; i++) {
+      const started = performance.now();
+      const echoes = await Promise.all([
+        roundTripText(first, "first"),
+        roundTripText(second, "second"),
+      ]);
+      elapsed = Math.min(elapsed, performance.now() - started);
+      assert.deepEqual(echoes, ["first", "second"]);
+    }
     const [parentCpu, ...childCpu] = (await Promise.all(
       [server.pid, ...pids].map(cpuTimeMs),
     )).map((ms, i) => ms - cpuBefore[i]);
-    // The CPU work is done by the children, not by the parent (burnCpu spins
-    // for wall time: on a loaded machine a child gets less than all of it)...
-    childCpu.forEach((ms) => assert.ok(ms >= cpuMs / 4, `child: ${ms} ms`));
+    // The CPU work is done by the children, not by the parent...
+    childCpu.forEach((ms) => assert.ok(ms >= cpuMs * 0.9, `child: ${ms} ms`));
     assert.ok(parentCpu < cpuMs / 4, `parent burnt ${parentCpu} ms`);
-    // ...and at the same time: one after the other would take 2 x cpuMs.
+    // ...and at the same time.
     assert.ok(elapsed >= cpuMs, `${elapsed} ms`);
     assert.ok(elapsed < cpuMs * 1.75, `${elapsed} ms: not in parallel`);
   },

@@ -106,14 +106,25 @@ for (const mode of [[], POOL]) {
       try {
         // A first exchange each, so that no worker start is timed below.
         await Promise.all(clients.map((conn) => roundTripText(conn, "warm")));
-        const started = performance.now();
-        const took = await Promise.all(clients.map(async (conn, i) => {
-          assert.equal(await roundTripText(conn, `${i}`), `${i}`);
-          return performance.now() - started;
-        }));
-        const both = Math.max(...took);
-        assert.ok(Math.min(...took) >= 200, `echoed before the burn: ${took}`);
-        // One thread for both would take 400 ms; the margin is for a busy machine.
+        const exchange = async () => {
+          const started = performance.now();
+          const took = await Promise.all(clients.map(async (conn, i) => {
+            assert.equal(await roundTripText(conn, `${i}`), `${i}`);
+            return performance.now() - started;
+          }));
+          assert.ok(
+            Math.min(...took) >= 200,
+            `echoed before the burn: ${took}`,
+          );
+          return Math.max(...took);
+        };
+        // One thread for both takes 400 ms or more, every time (the burn counts
+        // only running time); best of a few tries, as other work may share the
+        // cores.
+        let both = Infinity;
+        for (let i = 0; i < 3 && both >= 350; i++) {
+          both = Math.min(both, await exchange());
+        }
         assert.ok(both < 350, `two clients took ${both.toFixed(0)} ms`);
       } finally {
         clients.forEach((conn) => conn.close());
