@@ -123,6 +123,14 @@ function serverSpecs(workers: number): ServerSpec[] {
         String(workers),
       ],
     },
+    {
+      name: "bare-relay",
+      label: "bare relay (reference)",
+      reference: true,
+      cpuMs: false,
+      banner: true,
+      command: () => [Deno.execPath(), "run", "-A", SCRIPT, "--bare-relay"],
+    },
     modelServer("evented", "evented.ts", "evented"),
     modelServer("iterative", "iterative.ts", "iterative"),
     modelServer("forked", "forked.ts", "forked"),
@@ -1217,6 +1225,11 @@ function computeRatios(result: BenchResult): Ratio[] {
     {},
   );
   add(
+    "S3 bare relay / bare, MB/s (what a relay to a process per client reaches in Deno: no target)",
+    divide(mbps("bare-relay"), mbps("bare")),
+    {},
+  );
+  add(
     "S2 on bare: load CPU / server CPU per request (the floor: no target)",
     divide(
       metric(result, "S2", "bare", "loadCpuUsPerRequest"),
@@ -1497,6 +1510,7 @@ function barNote(scenario: string, row: Row): string | undefined {
 
 const COLORS: Record<string, string> = {
   bare: "#6b7280",
+  "bare-relay": "#fca5a5",
   evented: "#2563eb",
   iterative: "#9333ea",
   forked: "#dc2626",
@@ -1855,6 +1869,99 @@ async function bareServer(threads: number): Promise<void> {
   await bareAcceptLoop(listener);
 }
 
+/**
+ * The child of `--bare-relay`: the bare echo loop over the socket to its
+ * parent, as an inline module, so that it loads nothing else.
+ */
+const BARE_RELAY_CHILD = "data:application/javascript," + encodeURIComponent(`
+  const parent = await Deno.connect({ transport: "unix", path: Deno.args[0] });
+  const buffer = new Uint8Array(64 * 1024);
+  try {
+    for (let n; (n = await parent.read(buffer)) !== null;) {
+      for (let written = 0; written < n;) {
+        written += await parent.write(buffer.subarray(written, n));
+      }
+    }
+  } catch { /* the parent is gone */ }
+`);
+
+/** Live children of `--bare-relay`: as forked.ts's default --max-conns. */
+const BARE_RELAY_CHILDREN = 64;
+
+/**
+ * What forked.ts does, and nothing else: per client, a child process that
+ * connects back to a Unix socket made for it and echoes over it, and the
+ * relay between the two connections. Run as `bench.ts --bare-relay`: the most
+ * a process per client can move in Deno, which cannot hand the client's socket
+ * to the child. SIGTERM ends it, and its children see their socket close.
+ */
+async function bareRelay(): Promise<void> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dir = Deno.makeTempDirSync({ prefix: "bench-relay-" });
+  Deno.addSignalListener("SIGTERM", () => {
+    Deno.removeSync(dir, { recursive: true });
+    Deno.exit(0);
+  });
+  console.log(
+    `listening on 127.0.0.1:${listener.addr.port} (bare relay, pid ${Deno.pid})`,
+  );
+  let clients = 0;
+  let freed = Promise.withResolvers<void>();
+  for (let id = 1;; id++) {
+    while (clients >= BARE_RELAY_CHILDREN) await freed.promise;
+    let client: Deno.Conn;
+    try {
+      client = await listener.accept();
+    } catch {
+      continue; // a client that reset before accept
+    }
+    clients++;
+    bareRelayClient(client, `${dir}/${id}.sock`).finally(() => {
+      clients--;
+      freed.resolve();
+      freed = Promise.withResolvers<void>();
+    });
+  }
+}
+
+async function bareRelayClient(client: Deno.Conn, path: string): Promise<void> {
+  const listener = Deno.listen({ transport: "unix", path });
+  const child = spawnChildRole(BARE_RELAY_CHILD, [path], {
+    denoFlags: [
+      `--allow-net=unix:${path}`,
+      `--allow-read=${path}`,
+      `--allow-write=${path}`,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  });
+  const link = await Promise.race([
+    listener.accept(),
+    child.status.then(() => null),
+  ]).catch(() => null);
+  listener.close();
+  if (link) {
+    await Promise.all([bareCopy(client, link), bareCopy(link, client)]);
+    link.close();
+  }
+  client.close();
+  await child.status;
+}
+
+/** Copies `from` to `to` until EOF, then half-closes `to`. */
+async function bareCopy(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+  const buffer = new Uint8Array(64 * 1024);
+  try {
+    for (let n; (n = await from.read(buffer)) !== null;) {
+      for (let written = 0; written < n;) {
+        written += await to.write(buffer.subarray(written, n));
+      }
+    }
+    await to.closeWrite();
+  } catch { /* reset */ }
+}
+
 /** The name of a bare server's Worker: this prefix, then the port. */
 const BARE_WORKER = "bench-bare-";
 
@@ -1962,5 +2069,7 @@ if (self.name?.startsWith(BARE_WORKER)) {
 } else if (import.meta.main) {
   if (Deno.args[0] === "--bare-server") {
     await bareServer(Math.max(1, Number(Deno.args[1] ?? 1) || 1));
+  } else if (Deno.args[0] === "--bare-relay") {
+    await bareRelay();
   } else await main(Deno.args);
 }

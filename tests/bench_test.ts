@@ -334,3 +334,44 @@ serverTest(
     }
   },
 );
+
+serverTest(
+  "bench.ts --bare-relay: a child per client echoes through the relay and is reaped; SIGTERM ends it",
+  async () => {
+    await using server = new Script("bench.ts", ["--bare-relay"]);
+    const banner = await server.waitForLine(/./, 15_000);
+    const match = banner.match(
+      /^listening on 127\.0\.0\.1:(\d+) \(bare relay, pid (\d+)\)$/,
+    );
+    assert.ok(match, banner);
+    const port = Number(match[1]);
+    let socketDir = "";
+    const conns = await Promise.all(
+      [1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port })),
+    );
+    try {
+      const echoes = await Promise.all(
+        conns.map((conn, i) => roundTripText(conn, `client ${i}`)),
+      );
+      assert.deepEqual(echoes, ["client 0", "client 1"]);
+      const children = descendants(server.pid);
+      assert.equal(children.length, 2, "a child per client");
+      const socket = Deno.readTextFileSync(`/proc/${children[0].pid}/cmdline`)
+        .split("\0").at(-2)!;
+      socketDir = socket.slice(0, socket.lastIndexOf("/"));
+    } finally {
+      conns.forEach((conn) => conn.close());
+    }
+    // No event tells when another process's children are reaped: poll, bounded.
+    for (const deadline = performance.now() + 10_000;;) {
+      if (descendants(server.pid).length === 0) break;
+      assert.ok(performance.now() < deadline, "children left");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    server.kill("SIGTERM");
+    const exit = await server.waitForExit(10_000);
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.match(socketDir, /bench-relay-/);
+    assert.throws(() => Deno.statSync(socketDir), Deno.errors.NotFound);
+  },
+);
