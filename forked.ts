@@ -49,7 +49,7 @@
  * 64 KiB messages get ~0.4x evented.ts's MB/s (bench.ts S3): the parent
  * makes four socket calls per message where evented.ts makes two, on one
  * thread for all clients (socat's fork + EXEC:cat, the same design in C with
- * the relay in each client's process, gets ~0.7x). Each connected client
+ * the relay in each client's process, gets 0.6-0.7x). Each connected client
  * holds a child of ~11 MiB (PSS; 33 MiB RSS).
  */
 import {
