@@ -115,10 +115,11 @@ const exec = options.extra.exec === undefined
   ? undefined
   : parseExec(String(options.extra.exec), options.cpuMs);
 
-// A private directory (mode 0700) for the sockets that link children to us.
-const socketDir = exec
-  ? undefined
-  : Deno.makeTempDirSync({ prefix: "forked-" });
+// A private directory (mode 0700) for the sockets that link children to us,
+// there only while a child is starting, so that a server killed with SIGKILL
+// leaves nothing behind (but in those few milliseconds).
+let socketDir: string | undefined;
+let childrenConnecting = 0;
 
 const server = await startServer(options, {
   model: "forked",
@@ -129,6 +130,7 @@ const server = await startServer(options, {
   ],
   onStop: () => {
     if (socketDir) Deno.removeSync(socketDir, { recursive: true });
+    socketDir = undefined;
   },
 });
 
@@ -276,8 +278,25 @@ interface ChildLink {
  * moved 250 MB/s through pipes, 400 MB/s through a socket).
  */
 function startDenoChild(id: number): StartedChild {
+  socketDir ??= Deno.makeTempDirSync({ prefix: "forked-" });
   const path = `${socketDir}/${id}.sock`;
   const listener = Deno.listen({ transport: "unix", path });
+  childrenConnecting++;
+  // One connection, and the listener (and its file) is gone: nobody else
+  // can reach the child through it. The last child to connect takes the
+  // directory with it.
+  const stopListening = () => {
+    try {
+      listener.close(); // Deno removes the socket file too
+    } catch { /* closed already */ }
+  };
+  const settled = () => {
+    stopListening();
+    if (--childrenConnecting === 0 && socketDir) {
+      Deno.removeSync(socketDir, { recursive: true });
+      socketDir = undefined;
+    }
+  };
   let child: Deno.ChildProcess;
   try {
     child = spawnChildRole(import.meta.filename ?? import.meta.url, [
@@ -294,17 +313,10 @@ function startDenoChild(id: number): StartedChild {
       stdout: "null",
     });
   } catch (error) {
-    listener.close();
+    settled();
     throw error;
   }
-  // One connection, and the listener (and its file) is gone: nobody else
-  // can reach the child through it.
-  const stopListening = () => {
-    try {
-      listener.close(); // Deno removes the socket file too
-    } catch { /* closed already */ }
-  };
-  const link = listener.accept().finally(stopListening).then(socketLink);
+  const link = listener.accept().finally(settled).then(socketLink);
   link.catch(() => {}); // closed unaccepted: the child died or was ended
   return { child, link, abandon: stopListening };
 }
