@@ -1942,15 +1942,25 @@ async function bareRelayClient(client: Deno.Conn, path: string): Promise<void> {
   ]).catch(() => null);
   listener.close();
   if (link) {
-    await Promise.all([bareCopy(client, link), bareCopy(link, client)]);
+    await Promise.all([
+      bareCopy(client, link, true),
+      bareCopy(link, client, true),
+    ]);
     link.close();
   }
   client.close();
   await child.status;
 }
 
-/** Copies `from` to `to` until EOF, then half-closes `to`. */
-async function bareCopy(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+/**
+ * Copies `from` to `to` until EOF, then half-closes `to` if asked (a relay
+ * passes the EOF on; an echo server just closes).
+ */
+async function bareCopy(
+  from: Deno.Conn,
+  to: Deno.Conn,
+  passEof: boolean,
+): Promise<void> {
   const buffer = new Uint8Array(64 * 1024);
   try {
     for (let n; (n = await from.read(buffer)) !== null;) {
@@ -1958,7 +1968,7 @@ async function bareCopy(from: Deno.Conn, to: Deno.Conn): Promise<void> {
         written += await to.write(buffer.subarray(written, n));
       }
     }
-    await to.closeWrite();
+    if (passEof) await to.closeWrite();
   } catch { /* reset */ }
 }
 
@@ -1985,14 +1995,7 @@ async function bareAcceptLoop(listener: Deno.Listener): Promise<never> {
 }
 
 async function bareEcho(conn: Deno.Conn): Promise<void> {
-  const buffer = new Uint8Array(64 * 1024);
-  try {
-    for (let n; (n = await conn.read(buffer)) !== null;) {
-      for (let written = 0; written < n;) {
-        written += await conn.write(buffer.subarray(written, n));
-      }
-    }
-  } catch { /* reset */ }
+  await bareCopy(conn, conn, false);
   try {
     conn.close();
   } catch { /* closed */ }
