@@ -25,14 +25,9 @@
  *       every number noisy, so compare ratios, not absolute figures.
  */
 import { type LoadOptions, runLoad } from "./client.ts";
-import {
-  fail,
-  numberOption,
-  onShutdownSignal,
-  parseCommandLine,
-  spawnChildRole,
-  usageError,
-} from "./protocol.ts";
+import { fail, numberOption, parseCommandLine, usageError } from "./cli.ts";
+import { spawnChildRole } from "./children.ts";
+import { onShutdownSignal } from "./server.ts";
 
 const SCRIPT = "bench.ts";
 const ROOT = decodeURIComponent(new URL(".", import.meta.url).pathname);

@@ -28,14 +28,14 @@
 import process from "node:process";
 import { lookup } from "node:dns/promises";
 import {
-  echo,
   fail,
-  formatAddr,
-  formatBytes,
   numberOption,
   parseCommandLine,
+  unbracket,
   usageError,
-} from "./protocol.ts";
+} from "./cli.ts";
+import { formatAddr, formatBytes } from "./log.ts";
+import { echo } from "./protocol.ts";
 
 // ---------------------------------------------------------------------------
 // The load engine (bench.ts imports it)
@@ -692,10 +692,6 @@ function round(value: number, digits: number): number {
 // Addresses
 // ---------------------------------------------------------------------------
 
-function unbracket(host: string): string {
-  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
-}
-
 function isIpLiteral(host: string): boolean {
   return /^\d{1,3}(\.\d{1,3}){3}$/.test(host) || host.includes(":");
 }
@@ -879,6 +875,7 @@ async function parseClientArgs(args: string[]): Promise<Command> {
   }, fault);
   const requests = numberOption(values.requests, "--requests", {
     min: 1,
+    max: 1_000_000_000,
     integer: true,
   }, fault) ?? (duration === undefined ? 1000 : undefined);
   const size = numberOption(values.size, "--size", {

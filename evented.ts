@@ -14,16 +14,16 @@
  *       `--cpu-ms 200` and type in two of them at the same time: each echo
  *       waits for the other's 200 ms, because there is only one thread.
  */
-import { parseServerArgs, startServer } from "./protocol.ts";
+import { parseServerArgs } from "./cli.ts";
+import { startServer } from "./server.ts";
 
 const options = await parseServerArgs(Deno.args, {
   script: "evented.ts",
-  model: "evented",
   summary:
     "Event-based echo server: every client is an async task on one event loop.",
   defaultMaxConns: 10_000,
 });
-const server = await startServer(options, { model: "evented" });
+const server = await startServer(options);
 
 for await (const conn of server.clients()) {
   server.serve(conn); // not awaited: the loop goes back to accept at once

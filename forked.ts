@@ -52,18 +52,17 @@
  * the relay in each client's process, gets 0.6-0.7x). Each connected client
  * holds a child of ~11 MiB (PSS; 33 MiB RSS).
  */
+import { parseServerArgs, serverUsage, usageError } from "./cli.ts";
 import {
-  describeExit,
-  echo,
   forEachLine,
-  parseServerArgs,
-  serverUsage,
-  type Session,
   spawnChildRole,
-  startServer,
+  spawnErrorText,
   terminateChild,
-  usageError,
-} from "./protocol.ts";
+} from "./children.ts";
+import { describeExit } from "./log.ts";
+import { echo } from "./protocol.ts";
+import { type Session, startServer } from "./server.ts";
+import { within } from "./time.ts";
 
 /** The hidden first argument that makes this script a child: `--child CPU_MS SOCKET`. */
 const CHILD_ROLE = "--child";
@@ -99,16 +98,19 @@ if (Deno.args[0] === CHILD_ROLE) {
 
 const spec = {
   script: "forked.ts",
-  model: "forked",
   summary:
     "Process-per-client echo server: each client is served by a child process.",
   defaultMaxConns: 64,
-  options: { exec: { type: "string" } },
-  optionsUsage:
-    `  --exec "CMD ARG..."     inetd mode: run CMD per client, the connection as its
+  options: {
+    exec: {
+      type: "string",
+      usage:
+        `"CMD ARG..."     inetd mode: run CMD per client, the connection as its
                           stdin/stdout, its stderr into the log; words split as
                           sh does (quotes honoured), but no shell: no pipes,
                           variables or globs (use --exec "sh -c '...'")`,
+    },
+  },
 } as const;
 const options = await parseServerArgs(Deno.args, spec);
 const exec = options.extra.exec === undefined
@@ -122,7 +124,6 @@ let socketDir: string | undefined;
 let childrenConnecting = 0;
 
 const server = await startServer(options, {
-  model: "forked",
   banner: [
     exec
       ? `exec ${exec.map(shellQuote).join(" ")}`
@@ -153,7 +154,7 @@ async function serveInChild(session: Session): Promise<void> {
     started = exec ? startCommand(exec) : startDenoChild(id);
   } catch (error) {
     const what = exec?.[0] ?? "child";
-    log.error(`#${id} cannot start ${what}: ${spawnError(error)}`, { id });
+    log.error(`#${id} cannot start ${what}: ${spawnErrorText(error)}`, { id });
     session.end("cannot start child");
     return;
   }
@@ -435,31 +436,11 @@ async function relayToClient(
   }
 }
 
-/** Resolves when `promise` settles or after `ms`, whichever is first. */
-async function within(promise: Promise<unknown>, ms: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  await Promise.race([
-    promise.catch(() => {}),
-    new Promise<void>((resolve) => timer = setTimeout(resolve, ms)),
-  ]);
-  clearTimeout(timer);
-}
-
 /** Quotes `word` for sh when it needs it: shows how --exec was split. */
 function shellQuote(word: string): string {
   return /^[\w@%+=:,./-]+$/.test(word)
     ? word
     : `'${word.replaceAll("'", `'\\''`)}'`;
-}
-
-/** Why a command could not be started, in a few words. */
-function spawnError(error: unknown): string {
-  if (error instanceof Deno.errors.NotFound) return "command not found";
-  if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (error instanceof Deno.errors.NotCapable) {
-    return "not permitted by Deno (run with --allow-run)";
-  }
-  return error instanceof Error ? error.message : String(error);
 }
 
 /**

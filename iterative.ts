@@ -13,17 +13,17 @@
  *       first one quits. Then restart with `--idle-timeout 5` and leave the
  *       first one silent.
  */
-import { parseServerArgs, startServer } from "./protocol.ts";
+import { parseServerArgs } from "./cli.ts";
+import { startServer } from "./server.ts";
 
 const options = await parseServerArgs(Deno.args, {
   script: "iterative.ts",
-  model: "iterative",
   summary:
     "Iterative echo server: serves one client at a time; the others wait.",
   defaultMaxConns: 1,
   fixedMaxConns: true,
 });
-const server = await startServer(options, { model: "iterative" });
+const server = await startServer(options);
 
 for await (const conn of server.clients()) {
   await server.serve(conn); // the next client waits in the backlog meanwhile

@@ -71,23 +71,17 @@
  * needs a core of the two itself; the p99 latency is higher (2-3 ms, against
  * 0.6-0.8 ms).
  */
+import { parseServerArgs, type ServerOptions } from "./cli.ts";
 import {
-  describeExit,
   forEachLine,
-  formatAddr,
-  listenOrExit,
-  Logger,
-  numberOption,
-  onShutdownSignal,
-  parseServerArgs,
-  type ServerOptions,
-  serverUsage,
   spawnChildRole,
-  startServer,
+  spawnErrorText,
   terminateChild,
   untilStdinCloses,
-  usageError,
-} from "./protocol.ts";
+} from "./children.ts";
+import { describeExit, formatAddr, Logger } from "./log.ts";
+import { listenOrExit, onShutdownSignal, startServer } from "./server.ts";
+import { sleep } from "./time.ts";
 
 /** The hidden first argument that makes this script a worker: `--as-worker N`. */
 const WORKER_ROLE = "--as-worker";
@@ -106,17 +100,22 @@ const STOPPING_LINE =
 
 const spec = {
   script: "prefork.ts",
-  model: "prefork",
   summary:
     "Pre-forked echo server: a supervisor and N worker processes sharing the port.",
   defaultMaxConns: 1000,
-  unix: false,
+  noUnix: "workers share a TCP port with SO_REUSEPORT, which Unix sockets lack",
   denoFlags: "--allow-net --allow-run --unstable-net",
-  options: { workers: { type: "string" } },
-  optionsUsage:
-    `  --workers N             worker processes (default: number of CPUs, here ${navigator.hardwareConcurrency});
+  options: {
+    workers: {
+      type: "count",
+      min: 1,
+      max: 1024,
+      usage:
+        `N             worker processes (default: number of CPUs, here ${navigator.hardwareConcurrency});
                           --max-conns applies to each worker, like nginx's
                           worker_connections`,
+    },
+  },
 } as const;
 
 if (Deno.args[0] === WORKER_ROLE) {
@@ -138,7 +137,6 @@ async function serveAsWorker(n: number, options: ServerOptions): Promise<void> {
   let stop = (_why: string): void => Deno.exit(0);
   onShutdownSignal((signal) => stop(signal));
   const server = await startServer(options, {
-    model: "prefork",
     who: { pid: Deno.pid, worker: n },
     reusePort: true,
     signals: false,
@@ -164,18 +162,8 @@ async function serveAsWorker(n: number, options: ServerOptions): Promise<void> {
 // ---------------------------------------------------------------------------
 
 async function supervise(options: ServerOptions): Promise<void> {
-  const fault = (reason: string): never =>
-    usageError(spec.script, reason, serverUsage(spec));
-  const count = numberOption(options.extra.workers, "--workers", {
-    min: 1,
-    max: 1024,
-    integer: true,
-  }, fault) ?? navigator.hardwareConcurrency;
-  if (options.unix !== undefined) {
-    fault(
-      "--unix does not apply: workers share a TCP port with SO_REUSEPORT, which Unix sockets lack",
-    );
-  }
+  const count = (options.extra.workers as number | undefined) ??
+    navigator.hardwareConcurrency;
   const log = new Logger(options);
   const output = heldOutput();
   const workers = new Map<number, Worker>();
@@ -191,7 +179,7 @@ async function supervise(options: ServerOptions): Promise<void> {
 
   // The port: 0 becomes a free one, and a port anybody holds (even another
   // reusePort group) fails here with one line. Closed again at once.
-  const probe = await listenOrExit(options, spec.script);
+  const probe = await listenOrExit(options);
   const addr = probe.addr as Deno.NetAddr;
   probe.close();
   const workerArgs = [
@@ -224,7 +212,7 @@ async function supervise(options: ServerOptions): Promise<void> {
           output,
         );
       } catch (error) {
-        return giveUp(`cannot start worker ${n}: ${spawnError(error)}`);
+        return giveUp(`cannot start worker ${n}: ${spawnErrorText(error)}`);
       }
       workers.set(n, worker);
       const { pid } = worker.process;
@@ -424,22 +412,4 @@ function printError(line: string): void {
   try {
     console.error(line);
   } catch { /* stderr closed */ }
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      resolve();
-    }, { once: true });
-  });
-}
-
-function spawnError(error: unknown): string {
-  if (error instanceof Deno.errors.NotCapable) {
-    return "not permitted by Deno (run with --allow-run)";
-  }
-  return error instanceof Error ? error.message : String(error);
 }

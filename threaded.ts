@@ -43,22 +43,23 @@
  *       the other clients never notice.
  */
 import {
-  echo,
-  type EchoServer,
   fail,
-  formatAddr,
-  listenOrExit,
-  Logger,
   type ModelSpec,
-  numberOption,
-  onShutdownSignal,
   parseServerArgs,
   type ServerOptions,
   serverUsage,
+  usageError,
+} from "./cli.ts";
+import { formatAddr, Logger } from "./log.ts";
+import { echo } from "./protocol.ts";
+import {
+  type EchoServer,
+  listenOrExit,
+  onShutdownSignal,
   type Session,
   startServer,
-  usageError,
-} from "./protocol.ts";
+} from "./server.ts";
+import { sleep } from "./time.ts";
 
 const SCRIPT = "threaded.ts";
 const MODEL = "threaded";
@@ -94,15 +95,10 @@ const FAULT = "fault"; // main (SIGUSR2): throw, as a buggy worker would
 // ---------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const spec = modelSpec(Deno.args);
-  const options = await parseServerArgs(Deno.args, spec);
+  const options = await parseServerArgs(Deno.args, SPEC);
   const fault = (reason: string) =>
-    usageError(SCRIPT, reason, serverUsage(spec));
-  const poolSize = numberOption(options.extra.pool, "--pool", {
-    min: 1,
-    max: MAX_POOL,
-    integer: true,
-  }, fault);
+    usageError(SCRIPT, reason, serverUsage(SPEC));
+  const poolSize = options.extra.pool as number | undefined;
   if (poolSize !== undefined) {
     if (options.maxConns < poolSize) {
       fault(`--max-conns ${options.maxConns} is less than --pool ${poolSize}`);
@@ -119,7 +115,6 @@ async function main(): Promise<void> {
 
   // echoservert.c: the main thread accepts; every client gets a new thread.
   const server = await startServer(options, {
-    model: MODEL,
     banner: ["a worker per client"],
   });
   const live = new Map<number, Thread>();
@@ -167,7 +162,7 @@ async function runListeningPool(
   // Bind first, to learn the port (0 picks one) and to hold it while the
   // workers bind it too; then let go, so that only workers accept. A client
   // that connects before the banner may be reset when this closes.
-  const placeholder = await listenOrExit(options, SCRIPT, true);
+  const placeholder = await listenOrExit(options, true);
   const addr = placeholder.addr as Deno.NetAddr;
   const start = {
     role: "listen",
@@ -235,7 +230,6 @@ async function runRelayPool(
     Deno.exit(1);
   }
   const server = await startServer(options, {
-    model: MODEL,
     banner: [`pool of ${size} workers`, "fed by the main thread"],
     onStop: () => pool.terminate(),
   });
@@ -664,27 +658,26 @@ class Pool {
   }
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function modelSpec(args: string[]): ModelSpec {
-  const pooled = args.some((arg) => /^--pool(=|$)/.test(arg));
-  return {
-    script: SCRIPT,
-    model: MODEL,
-    summary:
-      "Threaded echo server: a Web Worker per client, or a pool of N workers that each accept (--pool N).",
-    defaultMaxConns: pooled ? POOL_MAX_CONNS : PER_CLIENT_MAX_CONNS,
-    options: { pool: { type: "string" } },
-    optionsUsage:
-      `  --pool N                start N workers up front (1 to ${MAX_POOL}), each accepting on the
+const SPEC: ModelSpec = {
+  script: SCRIPT,
+  summary:
+    "Threaded echo server: a Web Worker per client, or a pool of N workers that each accept (--pool N).",
+  defaultMaxConns: (extra) =>
+    extra.pool === undefined ? PER_CLIENT_MAX_CONNS : POOL_MAX_CONNS,
+  options: {
+    pool: {
+      type: "count",
+      min: 1,
+      max: MAX_POOL,
+      usage:
+        `N                start N workers up front (1 to ${MAX_POOL}), each accepting on the
                           port itself; --max-conns (default ${POOL_MAX_CONNS}) is split
                           among them. Default: a new worker per client
                           (--max-conns default ${PER_CLIENT_MAX_CONNS})`,
-    denoFlags: "-A --unstable-net --unstable-worker-options",
-  };
-}
+    },
+  },
+  denoFlags: "-A --unstable-net --unstable-worker-options",
+};
 
 // ---------------------------------------------------------------------------
 // The worker threads
@@ -807,7 +800,6 @@ async function acceptOwnClients(
   const ids = new Int32Array(start.ids);
   const who = { pid: Deno.pid, worker: start.worker, thread: start.thread };
   const server = await startServer(start.options, {
-    model: MODEL,
     who,
     reusePort: true,
     signals: false, // the main thread handles them, for every worker

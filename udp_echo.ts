@@ -25,16 +25,14 @@
  * with --quiet, at 18 µs of CPU each; the log line per datagram adds 6-14 µs.
  */
 import {
-  bindErrorText,
   DEFAULT_PORT,
   fail,
-  formatAddr,
   listenAddress,
-  Logger,
-  onShutdownSignal,
   parseCommandLine,
   usageError,
-} from "./protocol.ts";
+} from "./cli.ts";
+import { formatAddr, Logger } from "./log.ts";
+import { bindErrorText, onShutdownSignal } from "./server.ts";
 
 const SCRIPT = "udp_echo.ts";
 const USAGE = `usage: deno run -A --unstable-net udp_echo.ts [PORT] [options]

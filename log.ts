@@ -1,0 +1,165 @@
+/**
+ * The log every server writes: one line per event on stdout, for people or,
+ * with `--json`, one JSON object per line; errors as one line on stderr. A
+ * closed stdout or stderr never takes a server down.
+ *
+ * @module
+ */
+
+/** Who serves a client: the process, and the worker or child number if any. */
+export interface Who {
+  pid: number;
+  worker?: number;
+  /** The OS thread id (as in `ps -L`, `top -H`) of a worker thread, if known. */
+  thread?: number;
+}
+
+/** Formats an address the way the banner shows it: `[::1]:80`, `unix:/p`. */
+export function formatAddr(addr: Deno.Addr): string {
+  if ("path" in addr) return `unix:${addr.path}`;
+  if (!("hostname" in addr)) return addr.transport;
+  const host = addr.hostname.includes(":")
+    ? `[${addr.hostname}]`
+    : addr.hostname;
+  return `${host}:${addr.port}`;
+}
+
+/** Formats a byte count for people: `512 B`, `1.5 KiB`, `16.0 MiB`. */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/**
+ * Writes the log lines of one server process (or worker): text for people, or
+ * one JSON object per line with `--json`. Lines go to stdout, so a test or a
+ * supervising parent can read them; a closed stdout never takes the server down.
+ */
+export class Logger {
+  #json: boolean;
+  #quiet: boolean;
+  /** Who writes these lines; shown on every line. */
+  readonly who: Who;
+
+  /** Makes a logger for `who` with the `--json` and `--quiet` settings. */
+  constructor(
+    options: { json: boolean; quiet: boolean },
+    who: Who = { pid: Deno.pid },
+  ) {
+    this.#json = options.json;
+    this.#quiet = options.quiet;
+    this.who = who;
+  }
+
+  /** True when per-client lines are wanted. */
+  get verbose(): boolean {
+    return !this.#quiet;
+  }
+
+  /**
+   * Logs an event. `text` is the line people read; `fields` are what the JSON
+   * line carries besides `event`, the time and who wrote it. `always` lines
+   * (banner, shutdown) are printed even with `--quiet`.
+   */
+  event(
+    event: string,
+    text: string,
+    fields: Record<string, unknown> = {},
+    always = false,
+  ): void {
+    if (this.#quiet && !always) return;
+    const line = this.#json
+      ? JSON.stringify({
+        event,
+        ...fields,
+        ...this.who,
+        time: new Date().toISOString(),
+      })
+      : `[${whoText(this.who)}] ${text}`;
+    writeLine(line);
+  }
+
+  /** Logs the banner: `listening on HOST:PORT (words...)`, or its JSON form. */
+  listening(
+    addr: Deno.Addr,
+    words: string[],
+    fields: Record<string, unknown> = {},
+  ): void {
+    const where = "path" in addr
+      ? { transport: addr.transport, path: addr.path }
+      : "hostname" in addr
+      ? { transport: addr.transport, host: addr.hostname, port: addr.port }
+      : { transport: addr.transport };
+    writeLine(
+      this.#json
+        ? JSON.stringify({
+          event: "listening",
+          ...where,
+          ...fields,
+          ...this.who,
+        })
+        : `listening on ${formatAddr(addr)}${
+          words.length ? ` (${words.join(", ")})` : ""
+        }`,
+    );
+  }
+
+  /** Logs an error on stderr as one line; never throws. */
+  error(text: string, fields: Record<string, unknown> = {}): void {
+    const line = this.#json
+      ? JSON.stringify({
+        event: "error",
+        message: text,
+        ...fields,
+        ...this.who,
+      })
+      : `[${whoText(this.who)}] error: ${text}`;
+    try {
+      console.error(line);
+    } catch { /* stderr closed: nothing left to tell */ }
+  }
+}
+
+function whoText(who: Who): string {
+  const thread = who.thread === undefined ? "" : ` thread ${who.thread}`;
+  return who.worker === undefined
+    ? `pid ${who.pid}${thread}`
+    : `pid ${who.pid} worker ${who.worker}${thread}`;
+}
+
+function writeLine(line: string): void {
+  try {
+    console.log(line);
+  } catch { /* stdout closed (reader gone): keep serving */ }
+}
+
+/** Formats a duration for people: `31.2 ms`, `2.01 s`. */
+export function formatMs(ms: number): string {
+  return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+/**
+ * How a reaped child ended, as log text (`exited with code 0 after 31.2 ms`,
+ * `killed by SIGKILL after 2.01 s`) and as JSON fields.
+ */
+export function describeExit(
+  status: Deno.CommandStatus,
+  ms: number,
+): {
+  text: string;
+  fields: { code: number; signal: Deno.Signal | null; ms: number };
+} {
+  const how = status.signal
+    ? `killed by ${status.signal}`
+    : `exited with code ${status.code}`;
+  return {
+    text: `${how} after ${formatMs(ms)}`,
+    fields: {
+      code: status.code,
+      signal: status.signal,
+      ms: Math.round(ms * 10) / 10,
+    },
+  };
+}

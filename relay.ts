@@ -1,0 +1,70 @@
+/**
+ * A byte link between two streams, both ways: what a server that cannot hand
+ * a client's socket to whoever serves it (a child process, a Worker) does
+ * instead. Each direction reads a chunk, writes all of it, and only then
+ * reads again, so a side that stops reading holds the other back through its
+ * own flow control (TCP's window, a pipe, credits) instead of growing memory;
+ * each direction's end of stream becomes a half-close of the other side.
+ *
+ * @module
+ */
+import { type ByteReader, type ByteWriter, writeAll } from "./protocol.ts";
+
+/** One end of a two-way byte stream: a socket, a child's pipes, a port. */
+export interface Duplex extends ByteReader, ByteWriter {
+  /** Ends the stream towards the other side (its EOF); reading goes on. */
+  closeWrite(): Promise<void>;
+}
+
+/** Bytes read per chunk, each way. */
+const CHUNK = 64 * 1024;
+
+/**
+ * Copies `from` into `to` until `from` ends, then half-closes `to` (with
+ * `halfClose`, the default). Calls `moved(n)` after each chunk is written.
+ * Resolves at the end; rejects when either side fails.
+ */
+export async function pipe(
+  from: ByteReader,
+  to: Duplex,
+  moved: (n: number) => void = () => {},
+  halfClose = true,
+): Promise<void> {
+  const buffer = new Uint8Array(CHUNK);
+  for (;;) {
+    const n = await from.read(buffer);
+    if (n === null) break;
+    await writeAll(to, n === buffer.length ? buffer : buffer.subarray(0, n));
+    moved(n);
+  }
+  if (halfClose) await closeWriteQuietly(to);
+}
+
+/**
+ * Relays between `a` and `b` both ways until both directions have ended:
+ * `a`'s bytes go to `b` and `b`'s to `a`, each end of stream passed on as a
+ * half-close. Counts `a`'s bytes as `bytesIn` and `b`'s as `bytesOut` (a
+ * server's view, `a` being the client). Rejects on the first failure.
+ */
+export async function relay(
+  a: Duplex,
+  b: Duplex,
+  counters: { bytesIn: number; bytesOut: number },
+): Promise<void> {
+  await Promise.all([
+    pipe(a, b, (n) => counters.bytesIn += n),
+    pipe(b, a, (n) => counters.bytesOut += n),
+  ]);
+}
+
+/**
+ * Half-closes `to`; a peer that has already closed its side (NotConnected)
+ * has nothing left to be told.
+ */
+export async function closeWriteQuietly(to: Duplex): Promise<void> {
+  try {
+    await to.closeWrite();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotConnected)) throw error;
+  }
+}

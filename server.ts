@@ -1,0 +1,450 @@
+/**
+ * A listening echo server for a model script to drive: bind (or exit 1 with
+ * one line), print the banner, accept robustly within `--max-conns`, serve
+ * each client with its log lines and `--idle-timeout`, and on SIGINT, SIGTERM
+ * or SIGHUP stop accepting, drain for `--grace` seconds and exit 0.
+ *
+ * @module
+ */
+import { fail, type ServerOptions } from "./cli.ts";
+import { formatAddr, formatBytes, formatMs, Logger, type Who } from "./log.ts";
+import { type Counters, echo } from "./protocol.ts";
+import { sleep } from "./time.ts";
+
+/** One connected client, from accept to close. */
+export class Session implements Counters {
+  /** Bytes received from the client. */
+  bytesIn = 0;
+  /** Bytes sent back to the client. */
+  bytesOut = 0;
+  /** When the client was accepted (performance.now()). */
+  readonly started: number = performance.now();
+  #ended = new AbortController();
+  #closed = false;
+
+  /** Wraps an accepted connection; `client` names it in log lines. */
+  constructor(
+    readonly id: number,
+    readonly conn: Deno.Conn,
+    readonly client: string,
+  ) {}
+
+  /**
+   * Aborted, with the reason as a string, when the server ends this client
+   * from outside (idle timeout, shutdown): handlers that hold more than the
+   * connection (a child process, a worker) release it on this signal.
+   */
+  get signal(): AbortSignal {
+    return this.#ended.signal;
+  }
+
+  /** Ends the client from outside: aborts `signal`, closes the connection. */
+  end(reason: string): void {
+    if (!this.#ended.signal.aborted) this.#ended.abort(reason);
+    this.close();
+  }
+
+  /** Closes the connection once; later calls do nothing. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.conn.close();
+    } catch { /* already closed by the peer's reset */ }
+  }
+}
+
+/** How a model serves one client: move its bytes, then resolve. */
+export type ClientHandler = (session: Session) => Promise<void>;
+
+/** The default handler: the echo service over the connection itself. */
+export function echoHandler(cpuMs: number): ClientHandler {
+  return (session) => echo(session.conn, session.conn, session, cpuMs);
+}
+
+/** Names why a client's connection ended, from the error its I/O raised. */
+export function closeReason(error: unknown): string {
+  if (error instanceof Deno.errors.ConnectionReset) return "reset";
+  if (error instanceof Deno.errors.BrokenPipe) return "reset";
+  if (error instanceof Deno.errors.ConnectionAborted) return "reset";
+  if (error instanceof Deno.errors.TimedOut) return "timed out";
+  return `error: ${error instanceof Error ? error.message : String(error)}`;
+}
+
+/** How a server is started, besides its command line. */
+export interface StartOptions {
+  /** Who serves: shown on every log line (default: this process). */
+  who?: Who;
+  /** Bind with SO_REUSEPORT so that several processes or workers share the port. */
+  reusePort?: boolean;
+  /** More words for the banner, after the model name. */
+  banner?: string[];
+  /** Stop on SIGINT, SIGTERM or SIGHUP: drain and exit 0 (default true). */
+  signals?: boolean;
+  /** Runs after clients are drained and closed, before exit. */
+  onStop?: () => Promise<void> | void;
+  /**
+   * Print the banner (default true). False for one of several workers that
+   * share a port, whose supervisor prints the one banner for them all.
+   */
+  announce?: boolean;
+  /**
+   * Numbers the next client (default: 1, 2, 3... per server). Workers that
+   * share a port pass a shared counter, so that `#id` is unique in the process.
+   */
+  nextId?: () => number;
+}
+
+/**
+ * Binds the listener of `options` or exits 1 with one line saying why
+ * ("cannot listen on 127.0.0.1:8080: address in use").
+ */
+export async function listenOrExit(
+  options: ServerOptions,
+  reusePort = false,
+): Promise<Deno.Listener> {
+  const where = options.unix !== undefined
+    ? `unix:${options.unix}`
+    : formatAddr({
+      transport: "tcp",
+      hostname: options.host,
+      port: options.port,
+    });
+  try {
+    if (options.unix !== undefined) return await listenUnix(options.unix);
+    return Deno.listen({
+      hostname: options.host,
+      port: options.port,
+      reusePort,
+    });
+  } catch (error) {
+    const why = bindErrorText(error, options.unix !== undefined);
+    fail(options.script, `cannot listen on ${where}: ${why}`);
+  }
+}
+
+async function listenUnix(path: string): Promise<Deno.Listener> {
+  try {
+    return Deno.listen({ transport: "unix", path });
+  } catch (error) {
+    // A socket file left by a server that died is stale when nobody answers
+    // on it: remove it, as the classic C servers unlink before bind.
+    if (
+      !(error instanceof Deno.errors.AddrInUse) || !(await isStaleSocket(path))
+    ) throw error;
+    await Deno.remove(path);
+    return Deno.listen({ transport: "unix", path });
+  }
+}
+
+async function isStaleSocket(path: string): Promise<boolean> {
+  try {
+    if (!(await Deno.lstat(path)).isSocket) return false;
+    (await Deno.connect({ transport: "unix", path })).close();
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.ConnectionRefused;
+  }
+}
+
+/**
+ * Says in a few words why binding failed ("address in use", "permission
+ * denied (ports below 1024 need root)"), for any listener: TCP, UDP, or a
+ * Unix socket (`unix`), whose path the caller names.
+ */
+export function bindErrorText(error: unknown, unix = false): string {
+  if (error instanceof Deno.errors.AddrInUse) return "address in use";
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return "address not available on this machine";
+  }
+  if (error instanceof Deno.errors.NotCapable) {
+    return "not permitted by Deno (run with --allow-net, or --allow-read --allow-write for --unix)";
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return unix
+      ? "permission denied (cannot create a file in that directory)"
+      : "permission denied (ports below 1024 need root)";
+  }
+  if (unix && error instanceof Deno.errors.NotFound) {
+    return "no such directory";
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  if (/lookup|resolve/i.test(message)) return "unknown host";
+  return message.replace(/ \(os error \d+\)$/, "").toLowerCase();
+}
+
+/**
+ * Starts an echo server: binds (or exits 1), prints the banner, and returns
+ * the server whose clients the model script accepts and serves its own way.
+ */
+export async function startServer(
+  options: ServerOptions,
+  start: StartOptions = {},
+): Promise<EchoServer> {
+  const listener = await listenOrExit(options, start.reusePort);
+  return new EchoServer(
+    options,
+    start,
+    new Logger(options, start.who),
+    listener,
+  );
+}
+
+/** A listening echo server: accept its clients, serve them. */
+export class EchoServer {
+  /** The bound address (the real port when 0 was asked). */
+  readonly addr: Deno.Addr;
+  #active = new Set<Session>();
+  #slotWaiters: (() => void)[] = [];
+  #drained: (() => void)[] = [];
+  #stopping = false;
+  #accepting?: Promise<Deno.Conn>;
+  #shutdown?: Promise<void>;
+  #nextId = 1;
+  #idleMarks = new Map<Session, { moved: number; at: number }>();
+
+  /** Takes over a bound listener; see {@linkcode startServer}. */
+  constructor(
+    /** The parsed command line. */
+    readonly options: ServerOptions,
+    readonly start: StartOptions,
+    /** The server's log. */
+    readonly log: Logger,
+    readonly listener: Deno.Listener,
+  ) {
+    this.addr = listener.addr;
+    // Handlers first: whoever has seen the banner may signal at once.
+    if (start.signals !== false) {
+      onShutdownSignal((signal) => this.#stopAndExit(signal));
+    }
+    const words = [options.model, ...(start.banner ?? [])];
+    if (start.who?.worker === undefined) words.push(`pid ${Deno.pid}`);
+    if (start.announce !== false) {
+      log.listening(this.addr, words, {
+        model: options.model,
+        maxConns: options.maxConns,
+      });
+    }
+    if (options.idleTimeout > 0) this.#watchIdle(options.idleTimeout * 1000);
+  }
+
+  /**
+   * The accepted clients, one at a time: waits for a free `--max-conns` slot
+   * before each accept (so waiting clients stay in the kernel's backlog),
+   * survives every per-connection accept error, and ends when the server stops.
+   */
+  async *clients(): AsyncGenerator<Deno.Conn> {
+    while (!this.#stopping) {
+      if (this.#active.size >= this.options.maxConns) {
+        await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
+        continue;
+      }
+      const conn = await this.#accept();
+      if (conn) yield conn;
+    }
+  }
+
+  async #accept(): Promise<Deno.Conn | null> {
+    for (let failures = 0;; failures++) {
+      try {
+        this.#accepting = this.listener.accept();
+        return await this.#accepting;
+      } catch (error) {
+        if (this.#stopping || error instanceof Deno.errors.BadResource) {
+          return null;
+        }
+        // A client that resets before it is accepted makes accept() fail
+        // (NotConnected, denoland/deno#8499): that is the client's business.
+        if (error instanceof Deno.errors.NotConnected) continue;
+        if (error instanceof Deno.errors.ConnectionAborted) continue;
+        this.log.error(`accept failed: ${(error as Error).message}`);
+        // Out of file descriptors and the like: back off instead of spinning.
+        await sleep(Math.min(1000, 10 * 2 ** failures));
+      }
+    }
+  }
+
+  /**
+   * Serves one client to the end with `handler` (default: echo), logging its
+   * connect and close, enforcing `--idle-timeout`, tracking it for the drain.
+   * Never rejects: a failing client closes its own connection only.
+   */
+  async serve(conn: Deno.Conn, handler?: ClientHandler): Promise<void> {
+    const id = this.start.nextId?.() ?? this.#nextId++;
+    const session = new Session(id, conn, clientName(conn, id));
+    this.#active.add(session);
+    if (this.#stopping) session.end("shutdown");
+    const { log, options } = this;
+    if (options.nodelay || options.keepalive) setSocketOptions(conn, options);
+    if (log.verbose) {
+      log.event("connected", `#${session.id} ${session.client} connected`, {
+        id: session.id,
+        client: session.client,
+        active: this.#active.size,
+      });
+    }
+    let reason = "eof";
+    try {
+      await (handler ?? echoHandler(options.cpuMs))(session);
+    } catch (error) {
+      reason = closeReason(error);
+    }
+    if (session.signal.aborted) reason = String(session.signal.reason);
+    session.close();
+    this.#active.delete(session);
+    this.#idleMarks.delete(session);
+    if (log.verbose) {
+      const ms = performance.now() - session.started;
+      log.event(
+        "closed",
+        `#${session.id} ${session.client} closed (${reason}): ${
+          formatBytes(session.bytesIn)
+        } in, ${formatBytes(session.bytesOut)} out, ${formatMs(ms)}`,
+        {
+          id: session.id,
+          client: session.client,
+          reason,
+          bytesIn: session.bytesIn,
+          bytesOut: session.bytesOut,
+          ms: Math.round(ms * 10) / 10,
+        },
+      );
+    }
+    this.#slotWaiters.shift()?.();
+    if (this.#active.size === 0) {
+      this.#drained.splice(0).forEach((resolve) => resolve());
+    }
+  }
+
+  /**
+   * Stops accepting: closes the listener and resolves once new clients are
+   * refused; connected clients go on. For workers sharing a port, which must
+   * all stop accepting before any of them says "stopping".
+   */
+  async stopAccepting(): Promise<void> {
+    this.#stopping = true;
+    try {
+      this.listener.close();
+    } catch { /* already closed */ }
+    this.#slotWaiters.splice(0).forEach((resolve) => resolve());
+    await this.#accepting?.catch(() => {});
+  }
+
+  /**
+   * Stops accepting, lets clients finish for the grace period, ends the rest,
+   * runs `onStop`. A second call ends the remaining clients at once.
+   */
+  shutdown(why: string): Promise<void> {
+    if (this.#shutdown) {
+      this.#endAll("shutdown");
+      return this.#shutdown;
+    }
+    this.#stopping = true;
+    try {
+      this.listener.close();
+    } catch { /* already closed */ }
+    this.#slotWaiters.splice(0).forEach((resolve) => resolve());
+    this.#shutdown = this.#drain(why);
+    return this.#shutdown;
+  }
+
+  async #drain(why: string): Promise<void> {
+    const { log, options } = this;
+    // close() only cancels a pending accept: the socket is released once that
+    // op settles, so "stopping" is announced when new clients really are refused.
+    await this.#accepting?.catch(() => {});
+    const waiting = this.#active.size;
+    log.event(
+      "stopping",
+      waiting
+        ? `stopping (${why}): ${waiting} client(s) get ${options.grace} s to finish`
+        : `stopping (${why})`,
+      { reason: why, clients: waiting, grace: options.grace },
+      true,
+    );
+    const allDone = () =>
+      this.#active.size === 0
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => this.#drained.push(resolve));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      allDone(),
+      new Promise<void>((resolve) =>
+        timer = setTimeout(resolve, options.grace * 1000)
+      ),
+    ]);
+    clearTimeout(timer);
+    this.#endAll("shutdown");
+    await allDone();
+    await this.start.onStop?.();
+    log.event("stopped", "stopped", {}, true);
+  }
+
+  #endAll(reason: string): void {
+    for (const session of this.#active) session.end(reason);
+  }
+
+  async #stopAndExit(signal: string): Promise<void> {
+    await this.shutdown(signal);
+    Deno.exit(0);
+  }
+
+  #watchIdle(idleMs: number): void {
+    // One sweep for all clients: the hot path only counts bytes, which it does
+    // anyway, so an unused or idle-free timeout costs nothing per chunk.
+    const tick = Math.min(1000, Math.max(20, idleMs / 10));
+    const timer = setInterval(() => {
+      const now = performance.now();
+      for (const session of this.#active) {
+        const moved = session.bytesIn + session.bytesOut;
+        const mark = this.#idleMarks.get(session);
+        if (!mark || mark.moved !== moved) {
+          this.#idleMarks.set(session, {
+            moved,
+            at: mark ? now : session.started,
+          });
+        } else if (now - mark.at >= idleMs) {
+          session.end("idle timeout");
+        }
+      }
+    }, tick);
+    Deno.unrefTimer(timer);
+  }
+}
+
+function clientName(conn: Deno.Conn, id: number): string {
+  const addr = conn.remoteAddr;
+  // Unix clients are usually unnamed; the session number tells them apart.
+  if (addr.transport === "unix") {
+    return addr.path ? `unix:${addr.path}` : `unix#${id}`;
+  }
+  return formatAddr(addr);
+}
+
+function setSocketOptions(conn: Deno.Conn, options: ServerOptions): void {
+  if (conn.remoteAddr.transport !== "tcp") return;
+  const tcp = conn as Deno.TcpConn;
+  if (options.nodelay) tcp.setNoDelay(true);
+  if (options.keepalive) tcp.setKeepAlive(true);
+}
+
+/**
+ * The signals that ask a server to stop gracefully: Ctrl-C, `kill`, and the
+ * terminal closing (SIGHUP), which must drain like the others, not kill.
+ */
+const SHUTDOWN_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/**
+ * Calls `stop(signal, count)` on every SIGINT, SIGTERM or SIGHUP, `count`
+ * being how many have arrived so far (a second Ctrl-C means "now"). Registered
+ * before anything is printed, so that no signal finds the default action
+ * (death) once a parent or test has seen the banner.
+ */
+export function onShutdownSignal(
+  stop: (signal: string, count: number) => void,
+): void {
+  let count = 0;
+  for (const signal of SHUTDOWN_SIGNALS) {
+    Deno.addSignalListener(signal, () => stop(signal, ++count));
+  }
+}
