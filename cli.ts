@@ -46,6 +46,11 @@ export interface ServerOptions {
   quiet: boolean;
   /** The model's own options (`--pool`, `--exec`), as declared in its spec. */
   extra: Record<string, string | number | undefined>;
+  /**
+   * Set when `--max-conns` was lowered to what the process's file descriptor
+   * limit can hold: the log line that says so, printed after the banner.
+   */
+  fdCapNote?: string;
 }
 
 /** One option of a model's own: a count in a range, or a string. */
@@ -69,6 +74,47 @@ export interface ModelSpec {
   options?: Record<string, ModelOption>;
   /** The deno flags a run without deno.json needs, for the usage line. */
   denoFlags?: string;
+  /**
+   * File descriptors one served client costs this process (measured; default
+   * 1, the socket): `--max-conns` is capped to what `ulimit -n` can hold.
+   */
+  fdsPerClient?: number | ((extra: ServerOptions["extra"]) => number);
+}
+
+/** Descriptors a Deno process holds before any client: runtime, listener, log. */
+const FD_RESERVE = 40;
+
+/** The soft limit on open files (`ulimit -n`), if /proc tells. */
+export function openFileLimit(): number | undefined {
+  try {
+    const limits = Deno.readTextFileSync("/proc/self/limits");
+    const soft = limits.match(/^Max open files\s+(\d+|unlimited)/m)?.[1];
+    return soft === undefined || soft === "unlimited"
+      ? undefined
+      : Number(soft);
+  } catch {
+    return undefined; // not Linux, or no --allow-read: trust the user
+  }
+}
+
+/**
+ * Caps `maxConns` to the clients that `ulimit -n` leaves room for, at
+ * `perClient` descriptors each: a server out of descriptors fails accepts
+ * and spawns, while one under its cap keeps the rest waiting in the backlog.
+ */
+function capToFileLimit(
+  maxConns: number,
+  perClient: number,
+): { maxConns: number; note?: string } {
+  const limit = openFileLimit();
+  if (limit === undefined) return { maxConns };
+  const fits = Math.max(1, Math.floor((limit - FD_RESERVE) / perClient));
+  if (fits >= maxConns) return { maxConns };
+  return {
+    maxConns: fits,
+    note: `--max-conns ${maxConns} lowered to ${fits}: ulimit -n ${limit} ` +
+      `leaves room for ${fits} clients at ${perClient} file descriptor(s) each`,
+  };
 }
 
 const COMMON_OPTIONS = {
@@ -281,13 +327,17 @@ export async function parseServerArgs(
   const defaultMaxConns = typeof spec.defaultMaxConns === "function"
     ? spec.defaultMaxConns(extra)
     : spec.defaultMaxConns;
-  const maxConns = numberOption(values["max-conns"], "--max-conns", {
+  const asked = numberOption(values["max-conns"], "--max-conns", {
     min: 1,
     max: MAX_CONNS,
     integer: true,
   }, fault) ?? defaultMaxConns;
+  const perClient = typeof spec.fdsPerClient === "function"
+    ? spec.fdsPerClient(extra)
+    : spec.fdsPerClient ?? 1;
+  const { maxConns, note } = capToFileLimit(asked, perClient);
   const model = spec.script.replace(/\.ts$/, "");
-  if (spec.fixedMaxConns && maxConns !== defaultMaxConns) {
+  if (spec.fixedMaxConns && asked !== defaultMaxConns) {
     fault(`--max-conns does not apply: ${model} serves one client at a time`);
   }
   const seconds = (name: string, fallback: number) =>
@@ -316,5 +366,6 @@ export async function parseServerArgs(
     json: values.json === true,
     quiet: values.quiet === true,
     extra,
+    fdCapNote: note,
   };
 }

@@ -225,6 +225,14 @@ export class EchoServer {
         maxConns: options.maxConns,
       });
     }
+    if (options.fdCapNote && start.announce !== false) {
+      log.event(
+        "max-conns",
+        options.fdCapNote,
+        { maxConns: options.maxConns },
+        true,
+      );
+    }
     if (options.idleTimeout > 0) this.#watchIdle(options.idleTimeout * 1000);
   }
 
