@@ -13,6 +13,10 @@
  * Try:  many `nc 127.0.0.1 8080` at once: all are answered. Then restart with
  *       `--cpu-ms 200` and type in two of them at the same time: each echo
  *       waits for the other's 200 ms, because there is only one thread.
+ *
+ * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
+ * Flags without deno.json: the shebang's (--allow-read/--allow-write are for
+ * --unix and for reading `ulimit -n`). MIT licensed; see LICENSE.
  */
 import { parseServerArgs } from "./cli.ts";
 import { startServer } from "./server.ts";

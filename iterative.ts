@@ -12,6 +12,10 @@
  * Try:  two `nc 127.0.0.1 8080` at once: the second gets no echo until the
  *       first one quits. Then restart with `--idle-timeout 5` and leave the
  *       first one silent.
+ *
+ * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
+ * Flags without deno.json: the shebang's (--allow-read/--allow-write are for
+ * --unix and for reading `ulimit -n`). MIT licensed; see LICENSE.
  */
 import { parseServerArgs } from "./cli.ts";
 import { startServer } from "./server.ts";

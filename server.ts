@@ -6,10 +6,13 @@
  *
  * @module
  */
-import { fail, type ServerOptions } from "./cli.ts";
+import type { ServerOptions } from "./cli.ts";
+import { listenOrExit } from "./listen.ts";
+// TODO(lead): remove once prefork.ts/threaded.ts import listen.ts directly.
+export { bindErrorText, listenOrExit } from "./listen.ts";
 import { formatAddr, formatBytes, formatMs, Logger, type Who } from "./log.ts";
 import { type Counters, echo } from "./protocol.ts";
-import { sleep } from "./time.ts";
+import { sleep, within } from "./time.ts";
 
 /** One connected client, from accept to close. */
 export class Session implements Counters {
@@ -93,84 +96,6 @@ export interface StartOptions {
    * share a port pass a shared counter, so that `#id` is unique in the process.
    */
   nextId?: () => number;
-}
-
-/**
- * Binds the listener of `options` or exits 1 with one line saying why
- * ("cannot listen on 127.0.0.1:8080: address in use").
- */
-export async function listenOrExit(
-  options: ServerOptions,
-  reusePort = false,
-): Promise<Deno.Listener> {
-  const where = options.unix !== undefined
-    ? `unix:${options.unix}`
-    : formatAddr({
-      transport: "tcp",
-      hostname: options.host,
-      port: options.port,
-    });
-  try {
-    if (options.unix !== undefined) return await listenUnix(options.unix);
-    return Deno.listen({
-      hostname: options.host,
-      port: options.port,
-      reusePort,
-    });
-  } catch (error) {
-    const why = bindErrorText(error, options.unix !== undefined);
-    fail(options.script, `cannot listen on ${where}: ${why}`);
-  }
-}
-
-async function listenUnix(path: string): Promise<Deno.Listener> {
-  try {
-    return Deno.listen({ transport: "unix", path });
-  } catch (error) {
-    // A socket file left by a server that died is stale when nobody answers
-    // on it: remove it, as the classic C servers unlink before bind.
-    if (
-      !(error instanceof Deno.errors.AddrInUse) || !(await isStaleSocket(path))
-    ) throw error;
-    await Deno.remove(path);
-    return Deno.listen({ transport: "unix", path });
-  }
-}
-
-async function isStaleSocket(path: string): Promise<boolean> {
-  try {
-    if (!(await Deno.lstat(path)).isSocket) return false;
-    (await Deno.connect({ transport: "unix", path })).close();
-    return false;
-  } catch (error) {
-    return error instanceof Deno.errors.ConnectionRefused;
-  }
-}
-
-/**
- * Says in a few words why binding failed ("address in use", "permission
- * denied (ports below 1024 need root)"), for any listener: TCP, UDP, or a
- * Unix socket (`unix`), whose path the caller names.
- */
-export function bindErrorText(error: unknown, unix = false): string {
-  if (error instanceof Deno.errors.AddrInUse) return "address in use";
-  if (error instanceof Deno.errors.AddrNotAvailable) {
-    return "address not available on this machine";
-  }
-  if (error instanceof Deno.errors.NotCapable) {
-    return "not permitted by Deno (run with --allow-net, or --allow-read --allow-write for --unix)";
-  }
-  if (error instanceof Deno.errors.PermissionDenied) {
-    return unix
-      ? "permission denied (cannot create a file in that directory)"
-      : "permission denied (ports below 1024 need root)";
-  }
-  if (unix && error instanceof Deno.errors.NotFound) {
-    return "no such directory";
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  if (/lookup|resolve/i.test(message)) return "unknown host";
-  return message.replace(/ \(os error \d+\)$/, "").toLowerCase();
 }
 
 /**
@@ -301,23 +226,7 @@ export class EchoServer {
     session.close();
     this.#active.delete(session);
     this.#idleMarks.delete(session);
-    if (log.verbose) {
-      const ms = performance.now() - session.started;
-      log.event(
-        "closed",
-        `#${session.id} ${session.client} closed (${reason}): ${
-          formatBytes(session.bytesIn)
-        } in, ${formatBytes(session.bytesOut)} out, ${formatMs(ms)}`,
-        {
-          id: session.id,
-          client: session.client,
-          reason,
-          bytesIn: session.bytesIn,
-          bytesOut: session.bytesOut,
-          ms: Math.round(ms * 10) / 10,
-        },
-      );
-    }
+    if (log.verbose) logClosed(log, session, reason);
     this.#slotWaiters.shift()?.();
     if (this.#active.size === 0) {
       this.#drained.splice(0).forEach((resolve) => resolve());
@@ -330,12 +239,16 @@ export class EchoServer {
    * all stop accepting before any of them says "stopping".
    */
   async stopAccepting(): Promise<void> {
+    this.#closeListener();
+    await this.#accepting?.catch(() => {});
+  }
+
+  #closeListener(): void {
     this.#stopping = true;
     try {
       this.listener.close();
     } catch { /* already closed */ }
     this.#slotWaiters.splice(0).forEach((resolve) => resolve());
-    await this.#accepting?.catch(() => {});
   }
 
   /**
@@ -347,11 +260,7 @@ export class EchoServer {
       this.#endAll("shutdown");
       return this.#shutdown;
     }
-    this.#stopping = true;
-    try {
-      this.listener.close();
-    } catch { /* already closed */ }
-    this.#slotWaiters.splice(0).forEach((resolve) => resolve());
+    this.#closeListener();
     this.#shutdown = this.#drain(why);
     return this.#shutdown;
   }
@@ -374,14 +283,7 @@ export class EchoServer {
       this.#active.size === 0
         ? Promise.resolve()
         : new Promise<void>((resolve) => this.#drained.push(resolve));
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      allDone(),
-      new Promise<void>((resolve) =>
-        timer = setTimeout(resolve, options.grace * 1000)
-      ),
-    ]);
-    clearTimeout(timer);
+    await within(allDone(), options.grace * 1000);
     this.#endAll("shutdown");
     await allDone();
     await this.start.onStop?.();
@@ -427,6 +329,18 @@ function clientName(conn: Deno.Conn, id: number): string {
     return addr.path ? `unix:${addr.path}` : `unix#${id}`;
   }
   return formatAddr(addr);
+}
+
+function logClosed(log: Logger, session: Session, reason: string): void {
+  const { id, client, bytesIn, bytesOut } = session;
+  const ms = performance.now() - session.started;
+  log.event(
+    "closed",
+    `#${id} ${client} closed (${reason}): ${formatBytes(bytesIn)} in, ${
+      formatBytes(bytesOut)
+    } out, ${formatMs(ms)}`,
+    { id, client, reason, bytesIn, bytesOut, ms: Math.round(ms * 10) / 10 },
+  );
 }
 
 function setSocketOptions(conn: Deno.Conn, options: ServerOptions): void {

@@ -3,36 +3,30 @@
  * UDP echo server: one reply datagram per datagram, one datagram at a time.
  *
  * The datagram half of RFC 862, as the textbook `recvfrom`/`sendto` loop
- * (Stevens, UNP `dg_echo`). UDP has no connections, so there is nothing to
- * accept and no client to serve concurrently: every datagram is a whole
- * request, and one loop answering them in turn is the model. It costs no
- * memory per client, but a slow answer delays every sender, and a datagram
- * that arrives while the socket's receive buffer is full is simply lost.
- *
- * Never part of a reflection loop: a datagram's source address can be forged,
- * and the answer goes there. Forged "from" another echo server, or from a
- * small service that answers anything (chargen, daytime, qotd, time), it makes
- * two servers answer each other forever (CERT CA-1996-01, "Loop DoS"
- * CVE-2024-2169); forged from this server's own port, it answers itself or a
- * twin of itself. So datagrams from source port 0 (nobody can receive there),
- * from ports 7, 9, 13, 17, 19 and 37, and from this server's own port (its own
- * address, or the same port on another host) are dropped, and logged.
+ * (UNP's `dg_echo`). There is nothing to accept and no client to serve
+ * concurrently: every datagram is a whole request, and one loop answering
+ * them in turn is the model. No memory per client, but a slow answer delays
+ * every sender, and a datagram that arrives while the receive buffer is full
+ * is lost. Datagrams whose answer could start a reflection loop (source port
+ * 0, the small services' ports, this server's own port) are dropped and
+ * logged: docs/models/udp_echo.md says why.
  *
  * Run:  deno run -A udp_echo.ts 8080
- * Try:  nc -u 127.0.0.1 8080          (each line comes back)
+ * Try:  nc -u 127.0.0.1 8080          (each line comes back; Ctrl-C ends nc)
  *       deno run -A client.ts 8080 --udp --connections 8 --requests 10000
- * Measured (2 shared cores, 8 client.ts senders x 64 B): 21-45k datagrams/s
- * with --quiet, at 18 µs of CPU each; the log line per datagram adds 6-14 µs.
+ *
+ * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
+ * Flags without deno.json: the shebang's. MIT licensed; see LICENSE.
  */
 import {
   DEFAULT_PORT,
-  fail,
   listenAddress,
   parseCommandLine,
   usageError,
 } from "./cli.ts";
 import { formatAddr, Logger } from "./log.ts";
-import { bindErrorText, onShutdownSignal } from "./server.ts";
+import { listenDatagramOrExit } from "./listen.ts";
+import { onShutdownSignal } from "./server.ts";
 
 const SCRIPT = "udp_echo.ts";
 const USAGE = `usage: deno run -A --unstable-net udp_echo.ts [PORT] [options]
@@ -87,20 +81,7 @@ const log = new Logger({
   quiet: values.quiet === true,
 });
 
-if (typeof Deno.listenDatagram !== "function") {
-  // Run without deno.json and without the shebang's flag.
-  fail(
-    SCRIPT,
-    'Deno.listenDatagram needs --unstable-net (or "unstable": ["net"] in deno.json)',
-  );
-}
-let socket: Deno.DatagramConn;
-try {
-  socket = Deno.listenDatagram({ transport: "udp", hostname: host, port });
-} catch (error) {
-  const where = formatAddr({ transport: "udp", hostname: host, port });
-  fail(SCRIPT, `cannot listen on ${where}: ${bindErrorText(error)}`);
-}
+const socket = listenDatagramOrExit(SCRIPT, host, port);
 const self = socket.addr as Deno.NetAddr;
 
 let stopping = false;

@@ -1,0 +1,111 @@
+/**
+ * Binding a listener, and saying in one line why it failed: the first thing
+ * every server does, and the first thing that goes wrong (port in use, not
+ * permitted, no such address). Exits 1, as SPEC.md says.
+ *
+ * @module
+ */
+import { fail, type ServerOptions } from "./cli.ts";
+import { formatAddr } from "./log.ts";
+
+/**
+ * Binds the listener of `options` or exits 1 with one line saying why
+ * ("cannot listen on 127.0.0.1:8080: address in use").
+ */
+export async function listenOrExit(
+  options: ServerOptions,
+  reusePort = false,
+): Promise<Deno.Listener> {
+  const where = options.unix !== undefined
+    ? `unix:${options.unix}`
+    : formatAddr({
+      transport: "tcp",
+      hostname: options.host,
+      port: options.port,
+    });
+  try {
+    if (options.unix !== undefined) return await listenUnix(options.unix);
+    return Deno.listen({
+      hostname: options.host,
+      port: options.port,
+      reusePort,
+    });
+  } catch (error) {
+    const why = bindErrorText(error, options.unix !== undefined);
+    fail(options.script, `cannot listen on ${where}: ${why}`);
+  }
+}
+
+async function listenUnix(path: string): Promise<Deno.Listener> {
+  try {
+    return Deno.listen({ transport: "unix", path });
+  } catch (error) {
+    // A socket file left by a server that died is stale when nobody answers
+    // on it: remove it, as the classic C servers unlink before bind.
+    if (
+      !(error instanceof Deno.errors.AddrInUse) || !(await isStaleSocket(path))
+    ) throw error;
+    await Deno.remove(path);
+    return Deno.listen({ transport: "unix", path });
+  }
+}
+
+async function isStaleSocket(path: string): Promise<boolean> {
+  try {
+    if (!(await Deno.lstat(path)).isSocket) return false;
+    (await Deno.connect({ transport: "unix", path })).close();
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.ConnectionRefused;
+  }
+}
+
+/**
+ * Says in a few words why binding failed ("address in use", "permission
+ * denied (ports below 1024 need root)"), for any listener: TCP, UDP, or a
+ * Unix socket (`unix`), whose path the caller names.
+ */
+export function bindErrorText(error: unknown, unix = false): string {
+  if (error instanceof Deno.errors.AddrInUse) return "address in use";
+  if (error instanceof Deno.errors.AddrNotAvailable) {
+    return "address not available on this machine";
+  }
+  if (error instanceof Deno.errors.NotCapable) {
+    return "not permitted by Deno (run with --allow-net, or --allow-read --allow-write for --unix)";
+  }
+  if (error instanceof Deno.errors.PermissionDenied) {
+    return unix
+      ? "permission denied (cannot create a file in that directory)"
+      : "permission denied (ports below 1024 need root)";
+  }
+  if (unix && error instanceof Deno.errors.NotFound) {
+    return "no such directory";
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  if (/lookup|resolve/i.test(message)) return "unknown host";
+  return message.replace(/ \(os error \d+\)$/, "").toLowerCase();
+}
+
+/**
+ * Binds a UDP socket on `hostname`:`port`, or exits 1 with one line: the
+ * unstable flag that Deno.listenDatagram needs, or why binding failed.
+ */
+export function listenDatagramOrExit(
+  script: string,
+  hostname: string,
+  port: number,
+): Deno.DatagramConn {
+  if (typeof Deno.listenDatagram !== "function") {
+    // Run without deno.json and without the shebang's flag.
+    fail(
+      script,
+      'Deno.listenDatagram needs --unstable-net (or "unstable": ["net"] in deno.json)',
+    );
+  }
+  try {
+    return Deno.listenDatagram({ transport: "udp", hostname, port });
+  } catch (error) {
+    const where = formatAddr({ transport: "udp", hostname, port });
+    fail(script, `cannot listen on ${where}: ${bindErrorText(error)}`);
+  }
+}
