@@ -79,7 +79,7 @@ export function bindErrorText(error: unknown, unix = false): string {
       : "permission denied (ports below 1024 need root)";
   }
   if (unix && error instanceof Deno.errors.NotFound) {
-    return "no such directory";
+    return "no such file or directory";
   }
   const message = error instanceof Error ? error.message : String(error);
   if (/lookup|resolve/i.test(message)) return "unknown host";

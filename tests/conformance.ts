@@ -181,11 +181,16 @@ export function echoServerConformance(
     });
   }
 
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  // SIGHUP (the terminal closed) drains like the others. Its run has the
+  // longest grace there is: a timer that overflowed would end the client at once.
+  const graces = { SIGTERM: "20", SIGINT: "20", SIGHUP: "86400" };
+  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     serverTest(
-      `${name}: ${signal} stops accepting, lets a connected client finish, exits 0`,
+      `${name}: ${signal} (--grace ${
+        graces[signal]
+      }) stops accepting, lets a connected client finish, exits 0`,
       async () => {
-        await using server = await start(["--grace", "20"]);
+        await using server = await start(["--grace", graces[signal]]);
         using conn = await server.connect();
         assert.equal(await roundTripText(conn, "before"), "before");
         server.kill(signal);
@@ -235,6 +240,19 @@ export function echoServerConformance(
         ["--idle-timeout", "-1"],
         ["--cpu-ms", "lots"],
         ["--unix", "/tmp/x.sock", "--host", "::1"],
+        // Numbers are plain decimals within a stated range, nothing else.
+        ["0x50"],
+        ["1e3"],
+        ["0b1010000"],
+        ["+81"],
+        [" 80"],
+        ["80.0"],
+        ["--max-conns", "1.0"],
+        ["--max-conns", "0x10"],
+        ["--grace", "2147484"],
+        ["--grace", "1e3"],
+        ["--idle-timeout", "86401"],
+        ["--cpu-ms", "60001"],
         ...(options.badArgs ?? []),
       ];
       const runs = await Promise.all(
@@ -297,6 +315,29 @@ export function echoServerConformance(
         await assert.rejects(Deno.lstat(path), Deno.errors.NotFound);
       } finally {
         await Deno.remove(dir, { recursive: true });
+      }
+    },
+    { ignore: options.unix === false },
+  );
+
+  serverTest(
+    `${name}: --unix where no socket can be made exits 1 naming the path and why`,
+    async () => {
+      // As root no directory refuses a file for its mode; sysfs refuses
+      // anything new, and a missing directory is the common typo.
+      const cases = [
+        ["/sys/echo-test.sock", "permission denied"],
+        ["/nonexistent-dir/echo.sock", "no such file or directory"],
+      ];
+      for (const [path, why] of cases) {
+        const run = await runScript(script, [...args, "--unix", path]);
+        assert.equal(run.code, 1, run.stderr);
+        assert.match(
+          run.stderr.trim(),
+          new RegExp(`^${script}: cannot listen on unix:${path}: ${why}`),
+        );
+        assert.doesNotMatch(run.stderr, /ports below 1024/);
+        assert.equal(run.stderr.trim().split("\n").length, 1, run.stderr);
       }
     },
     { ignore: options.unix === false },
