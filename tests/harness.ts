@@ -40,11 +40,19 @@ export class Script implements AsyncDisposable {
        * way a terminal's Ctrl-C does.
        */
       detached?: boolean;
+      /**
+       * Run `./SCRIPT` in this directory, by its shebang line, the way a
+       * user runs a copied script (default: `deno run -A` in the root).
+       */
+      copyIn?: string;
     } = {},
   ) {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", script, ...args],
-      cwd: ROOT,
+    const [program, argv] = options.copyIn === undefined
+      ? [Deno.execPath(), ["run", "-A", script, ...args]]
+      : [`./${script}`, args];
+    const child = new Deno.Command(program, {
+      args: argv,
+      cwd: options.copyIn ?? ROOT,
       stdin: options.stdin ?? "null",
       stdout: "piped",
       stderr: "piped",
@@ -212,7 +220,7 @@ export class Server extends Script {
 export async function startServer(
   script: string,
   args: string[] = [],
-  options: { detached?: boolean } = {},
+  options: { detached?: boolean; copyIn?: string } = {},
 ): Promise<Server> {
   const where = args.some((arg) => arg === "--unix") ||
     /^\d+$/.test(args[0] ?? "");
