@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertServedBeyondFdLimit,
   assertThirdClientWaits,
   roundTripText,
   serverTest,
@@ -28,5 +29,13 @@ serverTest(
       performance.now() - started >= 150,
       "echoed before the CPU work was done",
     );
+  },
+);
+
+serverTest(
+  "evented.ts under ulimit -n 64: --max-conns is capped with one log line, and 3x more clients than fit are all served",
+  async () => {
+    const fits = await assertServedBeyondFdLimit("evented.ts", [], 64);
+    assert.ok(fits >= 1 && fits < 64, `${fits} fit`);
   },
 );

@@ -45,11 +45,23 @@ export class Script implements AsyncDisposable {
        * user runs a copied script (default: `deno run -A` in the root).
        */
       copyIn?: string;
+      /** Run it under `ulimit -n FDLIMIT`: at most that many open files. */
+      fdLimit?: number;
     } = {},
   ) {
-    const [program, argv] = options.copyIn === undefined
+    let [program, argv] = options.copyIn === undefined
       ? [Deno.execPath(), ["run", "-A", script, ...args]]
       : [`./${script}`, args];
+    if (options.fdLimit !== undefined) {
+      argv = [
+        "-c",
+        `ulimit -n ${options.fdLimit}; exec "$@"`,
+        "sh",
+        program,
+        ...argv,
+      ];
+      program = "/bin/sh";
+    }
     const child = new Deno.Command(program, {
       args: argv,
       cwd: options.copyIn ?? ROOT,
@@ -220,7 +232,7 @@ export class Server extends Script {
 export async function startServer(
   script: string,
   args: string[] = [],
-  options: { detached?: boolean; copyIn?: string } = {},
+  options: { detached?: boolean; copyIn?: string; fdLimit?: number } = {},
 ): Promise<Server> {
   const where = args.some((arg) => arg === "--unix") ||
     /^\d+$/.test(args[0] ?? "");
@@ -598,4 +610,38 @@ export async function eventually<T>(
     }
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/**
+ * Starts `script` under `ulimit -n fdLimit` and has three times as many
+ * clients as fit (`knownFit`, or what its log says; at least 6) each stream 8 KiB and check the
+ * echo, all at once: every one must be served byte-exact, none closed unserved,
+ * and the server must still answer afterwards. Returns how many fit.
+ */
+export async function assertServedBeyondFdLimit(
+  script: string,
+  args: string[],
+  fdLimit: number,
+  knownFit?: number,
+): Promise<number> {
+  await using server = await startServer(script, args, { fdLimit });
+  let fits = knownFit;
+  if (fits === undefined) {
+    const note = await server.waitForLine(/lowered to \d+|"event":"max-conns"/);
+    fits = Number(
+      note.match(/lowered to (\d+)|"maxConns":(\d+)/)!.slice(1)
+        .find(Boolean),
+    );
+  }
+  const clients = Math.max(6, 3 * fits);
+  await Promise.all(
+    Array.from({ length: clients }, async (_, i) => {
+      using conn = await server.connect();
+      await streamAndCheck(conn, pattern(8 * 1024, i + 1));
+    }),
+  );
+  using last = await server.connect();
+  assert.equal(await roundTripText(last, "alive\n"), "alive\n");
+  assert.doesNotMatch(server.stderr, /panic|Too many open files/i);
+  return fits;
 }

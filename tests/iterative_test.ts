@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertServedBeyondFdLimit,
   roundTripText,
   serverTest,
   settlesWithin,
@@ -45,5 +46,12 @@ serverTest(
     using next = await server.connect();
     assert.equal(await roundTripText(next, "my turn"), "my turn");
     await server.waitForLine(/#1 .*closed \(idle timeout\)/);
+  },
+);
+
+serverTest(
+  "iterative.ts under ulimit -n 48: clients queue in the backlog and are all served, one at a time",
+  async () => {
+    await assertServedBeyondFdLimit("iterative.ts", [], 48, 1);
   },
 );
