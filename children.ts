@@ -23,6 +23,8 @@ export interface ChildRoleOptions {
   stdout?: "piped" | "inherit" | "null";
   /** The child's stderr (default `"piped"`). */
   stderr?: "piped" | "inherit" | "null";
+  /** More environment variables for the child, on top of this process's. */
+  env?: Record<string, string>;
 }
 
 /**
@@ -63,6 +65,7 @@ export function spawnChildRole(
     stdin: options.stdin ?? "piped",
     stdout: options.stdout ?? "piped",
     stderr: options.stderr ?? "piped",
+    env: options.env,
     detached: true,
   }).spawn();
 }

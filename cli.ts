@@ -79,6 +79,16 @@ export interface ModelSpec {
    * 1, the socket): `--max-conns` is capped to what `ulimit -n` can hold.
    */
   fdsPerClient?: number | ((extra: ServerOptions["extra"]) => number);
+  /**
+   * File descriptors the model holds whatever its clients (default 0): a
+   * pool's Worker threads. They come off what `ulimit -n` leaves for clients.
+   */
+  fdsFixed?: (extra: ServerOptions["extra"]) => number;
+  /**
+   * Processes the clients are spread over, each with its own `ulimit -n`
+   * (default 1): a pre-forked pool's workers.
+   */
+  fdProcesses?: (extra: ServerOptions["extra"]) => number;
 }
 
 /** Descriptors a Deno process holds before any client: runtime, listener, log. */
@@ -86,6 +96,11 @@ const FD_RESERVE = 40;
 
 /** The soft limit on open files (`ulimit -n`), if /proc tells. */
 export function openFileLimit(): number | undefined {
+  // Deno opens /proc only with every permission (-A), and short of that it
+  // would prompt at a terminal; --allow-ffi comes with -A and hardly alone.
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+    return undefined;
+  }
   try {
     const limits = Deno.readTextFileSync("/proc/self/limits");
     const soft = limits.match(/^Max open files\s+(\d+|unlimited)/m)?.[1];
@@ -93,7 +108,7 @@ export function openFileLimit(): number | undefined {
       ? undefined
       : Number(soft);
   } catch {
-    return undefined; // not Linux, or no --allow-read: trust the user
+    return undefined; // not Linux: trust the user
   }
 }
 
@@ -105,15 +120,21 @@ export function openFileLimit(): number | undefined {
 function capToFileLimit(
   maxConns: number,
   perClient: number,
+  fixed = 0,
+  processes = 1,
 ): { maxConns: number; note?: string } {
   const limit = openFileLimit();
   if (limit === undefined) return { maxConns };
-  const fits = Math.max(1, Math.floor((limit - FD_RESERVE) / perClient));
+  const each = Math.floor((limit - FD_RESERVE - fixed) / perClient);
+  const fits = Math.max(1, processes * each);
   if (fits >= maxConns) return { maxConns };
+  const room = processes > 1
+    ? `${each} clients in each of ${processes} processes`
+    : `${fits} clients`;
   return {
     maxConns: fits,
     note: `--max-conns ${maxConns} lowered to ${fits}: ulimit -n ${limit} ` +
-      `leaves room for ${fits} clients at ${perClient} file descriptor(s) each`,
+      `leaves room for ${room} at ${perClient} file descriptor(s) each`,
   };
 }
 
@@ -286,6 +307,21 @@ export function listenAddress(
   return { port, host };
 }
 
+/**
+ * Exits 2 with the usage when `--max-conns` is less than the `size` workers
+ * (`what`: `--pool 4`, `4 workers`), which could not have a client each.
+ */
+export function refuseFewerConns(
+  spec: ModelSpec,
+  options: ServerOptions,
+  what: string,
+  size: number,
+): void {
+  if (options.maxConns >= size) return;
+  const why = `--max-conns ${options.maxConns} is less than ${what}`;
+  usageError(spec.script, why, serverUsage(spec));
+}
+
 /** Parses a TCP server's command line (SPEC.md) or exits 2 saying why. */
 export async function parseServerArgs(
   args: string[],
@@ -335,7 +371,12 @@ export async function parseServerArgs(
   const perClient = typeof spec.fdsPerClient === "function"
     ? spec.fdsPerClient(extra)
     : spec.fdsPerClient ?? 1;
-  const { maxConns, note } = capToFileLimit(asked, perClient);
+  const { maxConns, note } = capToFileLimit(
+    asked,
+    perClient,
+    spec.fdsFixed?.(extra),
+    spec.fdProcesses?.(extra),
+  );
   const model = spec.script.replace(/\.ts$/, "");
   if (spec.fixedMaxConns && asked !== defaultMaxConns) {
     fault(`--max-conns does not apply: ${model} serves one client at a time`);

@@ -15,8 +15,8 @@
  *       waits for the other's 200 ms, because there is only one thread.
  *
  * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
- * Flags without deno.json: the shebang's (--allow-read/--allow-write are for
- * --unix and for reading `ulimit -n`). MIT licensed; see LICENSE.
+ * Flags without deno.json: the shebang's (read and write are for --unix; with
+ * -A it also reads `ulimit -n` to cap --max-conns). MIT licensed; see LICENSE.
  */
 import { parseServerArgs } from "./cli.ts";
 import { startServer } from "./server.ts";

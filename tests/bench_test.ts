@@ -216,6 +216,8 @@ serverTest(
         ["--duration", "0"],
         ["--workers", "1.5"],
         ["--svg"],
+        ["--report"],
+        ["--report", ""],
         ["--bogus"],
         ["extra"],
       ]
@@ -232,16 +234,106 @@ serverTest(
 );
 
 serverTest(
+  "bench.ts: hostile numbers exit 2 with a one-line reason, no stack trace",
+  async () => {
+    // Each option with values that are not plain decimals, or out of range.
+    const hostile = {
+      "--duration": ["0x50", "1e3", "+1", " 1", "-1", "99999999999", ""],
+      "--rounds": ["1.0", "0x3", "99999999999"],
+      "--workers": ["+2", " 2", "1e1", ""],
+    };
+    for (const [option, values] of Object.entries(hostile)) {
+      for (const value of values) {
+        const run = await runScript("bench.ts", [option, value]);
+        const lines = run.stderr.split("\n");
+        const what = `${option} "${value}": ${run.stderr}`;
+        assert.deepEqual(
+          [run.code, run.stdout, lines[1]?.slice(0, 7)],
+          [2, "", "usage: "],
+          what,
+        );
+        // "--rounds must be a whole number from 1 to 99, not "1.0"", or what
+        // parseArgs says of "-1": a value that looks like an option.
+        assert.match(lines[0], /^bench\.ts: --\w+ (must|needs) .+$/, what);
+        assertNoStackTrace(run.stderr);
+      }
+    }
+  },
+);
+
+serverTest(
+  "bench.ts --report FILE --svg FILE writes a complete markdown page that shows the chart",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "bench-report-" });
+    try {
+      const args = [
+        "--quick",
+        "--only",
+        "evented",
+        "--scenarios",
+        "S1,S7",
+        "--report",
+        `${dir}/docs/benchmarks.md`,
+        "--svg",
+        `${dir}/docs/img/bench.svg`,
+      ];
+      await Deno.mkdir(`${dir}/docs/img`, { recursive: true });
+      const run = await runBench(args);
+      assert.equal(run.code, 0, run.stderr);
+      const page = await Deno.readTextFile(`${dir}/docs/benchmarks.md`);
+      const lines = page.split("\n");
+      assert.equal(lines[0], "# Echo servers side by side");
+      // How to regenerate it, where and when it ran.
+      assert.match(
+        page,
+        /^Written by `deno task bench --quick --only evented .*--report /m,
+      );
+      const cpus = navigator.hardwareConcurrency;
+      assert.match(
+        page,
+        new RegExp(
+          `^${cpus} CPUs .*Deno ${Deno.version.deno} .*; \\d{4}-\\d\\d-\\d\\dT`,
+          "m",
+        ),
+      );
+      assert.match(page, /^!\[.+\]\(img\/bench\.svg\)$/m); // relative to the page
+      assert.match(page, /^## S1 latency: /m);
+      assert.match(
+        page,
+        /^\| evented \| [\d,.]+ \| [\d.]+ \| [\d.]+ \| 0 \|$/m,
+      );
+      assert.match(page, /^## S7 waiting: /m);
+      assert.match(page, /^## Targets$/m);
+      assert.ok(page.endsWith("|\n"), "one newline at the end");
+      // The page on stdout is the same, but for the file's last newline.
+      assert.equal(run.stdout, page.trimEnd());
+      assert.match(
+        await Deno.readTextFile(`${dir}/docs/img/bench.svg`),
+        /^<svg /,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+  { ms: 30_000 },
+);
+
+serverTest(
   "bench.ts copied without some models skips each with one line and runs the rest",
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "bench-copy-" });
     try {
-      // evented.ts and what bench.ts needs: every module but the models.
+      // evented.ts and what bench.ts needs: every module but the models,
+      // and the bench/ folder.
       const models =
         /^(iterative|forked|threaded|prefork|cluster|udp_echo)\.ts$/;
-      for await (const entry of Deno.readDir(ROOT)) {
-        if (!entry.name.endsWith(".ts") || models.test(entry.name)) continue;
-        await Deno.copyFile(`${ROOT}${entry.name}`, `${dir}/${entry.name}`);
+      await Deno.mkdir(`${dir}/bench`);
+      for (const folder of ["", "bench/"]) {
+        for await (const entry of Deno.readDir(`${ROOT}${folder}`)) {
+          if (!entry.name.endsWith(".ts") || models.test(entry.name)) continue;
+          const path = `${folder}${entry.name}`;
+          await Deno.copyFile(`${ROOT}${path}`, `${dir}/${path}`);
+        }
       }
       const output = await new Deno.Command(Deno.execPath(), {
         args: [

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type LoadReport, runLoad } from "../client.ts";
+import { type LoadReport, runLoad } from "../load.ts";
 import {
   assertNoStackTrace,
   assertSameBytes,
@@ -411,9 +411,227 @@ serverTest(`${CLIENT}: bad arguments exit 2 with one reason`, async () => {
   }
 });
 
+serverTest(
+  `${CLIENT}: hostile numbers exit 2 with a one-line reason, no stack trace`,
+  async () => {
+    // PORT, and each number option, with values that are not plain decimals
+    // (or whole numbers, for counts), or out of range.
+    const hostile: Record<string, string[]> = {
+      PORT: ["0x50", "1e3", "+81", " 80", "", "99999999999"],
+      "--connections": ["1.0", "0x10", " 2", "-1", "10001"],
+      "--requests": ["1e3", "-1", "99999999999", "1.0"],
+      "--size": ["+64", " 64", "", "1.0"],
+      "--duration": ["1e3", "+1", "99999999999", "0x1"],
+      "--timeout": ["0x50", "", "99999999999", " 1"],
+    };
+    for (const [option, values] of Object.entries(hostile)) {
+      for (const value of values) {
+        const args = option === "PORT" ? [value] : ["8080", option, value];
+        const { code, stdout, stderr } = await runScript(CLIENT, args);
+        const [reason, usage] = stderr.split("\n");
+        const what = `${option} "${value}": ${stderr}`;
+        assert.equal(code, 2, what);
+        assert.equal(stdout, "", what);
+        // "--requests must be a whole number from 1 to ..., not "1e3"", or
+        // what parseArgs says of "-1": a value that looks like an option.
+        assert.match(
+          reason,
+          /^client\.ts: (PORT|--\w+) (must|needs) .+$/,
+          what,
+        );
+        assert.ok(usage.startsWith("usage: "), what);
+        assertNoStackTrace(stderr);
+      }
+    }
+  },
+);
+
 // ---------------------------------------------------------------------------
-// Load mode
+// What the server did, said in one line
 // ---------------------------------------------------------------------------
+
+/**
+ * A server for the faults the models never make, on a real listener: each
+ * connection is handed to `serve`; every connection is closed at the end.
+ */
+function faultyServer(
+  serve: (conn: Deno.Conn) => Promise<void>,
+): { port: number } & AsyncDisposable {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      serve(conn).catch(() => {}).finally(() => {
+        conns.delete(conn);
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      });
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting;
+      for (const conn of conns) conn.close();
+    },
+  };
+}
+
+/** Reads until the client closes, answering nothing. */
+async function drain(conn: Deno.Conn): Promise<void> {
+  const buffer = new Uint8Array(64 * 1024);
+  while ((await conn.read(buffer)) !== null) { /* nothing back */ }
+}
+
+/** Closes its side at once (a FIN), before any echo, and reads to the end. */
+function closingServer() {
+  return faultyServer(async (conn) => {
+    await conn.closeWrite();
+    await drain(conn);
+  });
+}
+
+/**
+ * A server that resets the one connection it accepts once the request is in:
+ * a process that reads one byte of it and exits, so that the kernel closes a
+ * socket with unread bytes, which sends a reset (RST). A Deno server's
+ * `close()` sends an end of stream (FIN) first, which reads as a close.
+ */
+async function resettingServer(): Promise<Script & { port: number }> {
+  const server = new Script(
+    "data:application/javascript," + encodeURIComponent(`
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      console.log(listener.addr.port);
+      const conn = await listener.accept();
+      await conn.read(new Uint8Array(1));
+      Deno.exit(0);
+    `),
+    [],
+  );
+  const port = Number(await server.waitForLine(/^\d+$/));
+  return Object.assign(server, { port });
+}
+
+serverTest(
+  `${CLIENT}: a load against a server that closes at once, or resets: one line that says which`,
+  async () => {
+    for (
+      const [start, what] of [
+        [closingServer, "closed by the server before echoing"],
+        [resettingServer, "reset by the server after connecting"],
+      ] as const
+    ) {
+      await using server = await start();
+      const started = performance.now();
+      const load = ["--connections", "2", "--requests", "5"];
+      const exit = await runScript(CLIENT, [`${server.port}`, ...load]);
+      assert.equal(exit.code, 1, exit.stderr);
+      assert.equal(
+        exit.stderr,
+        `client.ts: connection to 127.0.0.1:${server.port} ${what}\n`,
+      );
+      assert.equal(exit.stdout, "");
+      // Not a timeout: it says so at once.
+      assert.ok(performance.now() - started < 5000);
+    }
+  },
+);
+
+serverTest(
+  `${CLIENT}: failures under load are counted by cause and named in one line`,
+  async () => {
+    // Echoes the first request of each connection (the probe passes), then
+    // closes it: every second request of a connection finds it closed.
+    await using server = faultyServer(async (conn) => {
+      const buffer = new Uint8Array(64);
+      const n = await conn.read(buffer);
+      if (n !== null) await writeAll(conn, buffer.subarray(0, n));
+    });
+    const args = ["--connections", "2", "--requests", "5"];
+    const { code, report, stderr } = await loadJson([
+      `${server.port}`,
+      ...args,
+    ]);
+    assert.equal(code, 1);
+    // Per connection: ok, closed, ok (reconnected), closed, ok.
+    assert.equal(report.requests, 6);
+    assert.equal(report.errors, 4);
+    assert.deepEqual(report.failures, {
+      refused: 0,
+      reset: 0,
+      closed: 4,
+      timedOut: 0,
+      other: 0,
+    });
+    assert.equal(
+      stderr,
+      "client.ts: 4 requests failed: 4 closed by the server before echoing\n",
+    );
+  },
+);
+
+serverTest(
+  `${CLIENT}: stdin mode with --timeout gives up that long after stdin's end when the server neither answers nor closes`,
+  async () => {
+    await using silent = fixtureServer(async () => {}, { holdAfterEof: true });
+    const started = performance.now();
+    const exit = await runWithStdin(
+      [String(silent.port), "--timeout", "300"],
+      new TextEncoder().encode("anyone?\n"),
+    );
+    const ms = performance.now() - started;
+    assert.equal(exit.code, 1);
+    assert.equal(
+      exit.stderr,
+      `client.ts: 127.0.0.1:${silent.port} neither answered nor closed within 300 ms after the end of input\n`,
+    );
+    assert.ok(ms >= 300 && ms < 10_000, `gave up after ${ms} ms`);
+    // A server that answers within the timeout is waited for, however long
+    // the whole exchange takes: each answer restarts the wait.
+    await using slow = fixtureServer(async (conn, chunk) => {
+      for (const byte of chunk) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        await writeAll(conn, new Uint8Array([byte]));
+      }
+    });
+    const patient = await runWithStdin(
+      [String(slow.port), "--timeout", "300"],
+      new TextEncoder().encode("slowly\n"),
+    );
+    assert.equal(patient.code, 0, patient.stderr);
+    assert.equal(new TextDecoder().decode(patient.stdout), "slowly\n");
+  },
+);
+
+serverTest(
+  `${CLIENT}: --udp without the net unstable flag says what to add`,
+  async () => {
+    await using server = await startServer("udp_echo.ts");
+    for (
+      const args of [
+        ["--message", "x"],
+        ["--connections", "2", "--requests", "3"],
+      ]
+    ) {
+      // Without deno.json (and its "unstable": ["net"]) and without the flag.
+      const deno = ["run", "-A", "--no-config", CLIENT];
+      const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+        args: [...deno, `${server.port}`, "--udp", ...args],
+        cwd: ROOT,
+        stdin: "null",
+        stdout: "null",
+        signal: AbortSignal.timeout(15_000),
+      }).output();
+      assert.deepEqual([code, new TextDecoder().decode(stderr)], [
+        1,
+        'client.ts: Deno.listenDatagram needs --unstable-net (or "unstable": ["net"] in deno.json)\n',
+      ]);
+    }
+  },
+);
 
 serverTest(
   `${CLIENT}: load --json against evented.ts: sane numbers, no mismatch`,
@@ -464,6 +682,26 @@ serverTest(
       exit.stdout,
       /p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms, max/,
     );
+  },
+);
+
+serverTest(
+  `${CLIENT}: the report states sizes in the unit of its rate: bytes, and MB of 10^6 bytes`,
+  async () => {
+    await using server = await startServer("evented.ts", ["--quiet"]);
+    const load = ["--requests", "20", "--size", "65536"];
+    const exit = await runScript(CLIENT, [`${server.port}`, ...load]);
+    assert.equal(exit.code, 0, exit.stderr);
+    const head = exit.stdout.match(
+      /^1 x 65,536 B requests to .*: 20 in ([\d.]+) s$/m,
+    );
+    assert.ok(head, exit.stdout);
+    assert.doesNotMatch(exit.stdout, /KiB|MiB/);
+    assert.match(exit.stdout, /^ {2}MB\/s .*\(.*1 MB = 1,000,000 B\)$/m);
+    // Size times requests per second is the MB/s shown.
+    const rate = Number(exit.stdout.match(/^ {2}requests\/s +([\d.]+)$/m)![1]);
+    const mb = Number(exit.stdout.match(/^ {2}MB\/s +([\d.]+) /m)![1]);
+    assert.ok(Math.abs(rate * 65536 / 1e6 - mb) <= mb * 0.01 + 0.001);
   },
 );
 
@@ -667,6 +905,7 @@ serverTest(
     });
     assert.equal(report.requests, 0);
     assert.equal(report.errors, 10);
+    assert.equal(report.failures.closed, 10);
 
     // Never answers: --timeout closes the request, a duration run drains.
     await using silent = fixtureServer(async () => {}, { holdAfterEof: true });
@@ -680,6 +919,7 @@ serverTest(
     });
     assert.equal(timedOut.requests, 0);
     assert.equal(timedOut.errors, 4);
+    assert.equal(timedOut.failures.timedOut, 4);
     const wedged = await runLoad({
       host: "127.0.0.1",
       port: silent.port,
@@ -688,6 +928,18 @@ serverTest(
       size: 10,
     });
     assert.equal(wedged.errors, 2); // abandoned 5 s after the deadline
+    assert.equal(wedged.failures.timedOut, 2);
+    await using resetting = await resettingServer();
+    const reset = await runLoad({
+      host: "127.0.0.1",
+      port: resetting.port,
+      connections: 1,
+      requests: 1,
+      size: 10,
+    });
+    assert.equal(reset.requests, 0);
+    assert.equal(reset.failures.reset, 1);
+    assert.equal(reset.errors, 1); // the sum of the failures: no other
     assert.ok(wedged.seconds < 10, `took ${wedged.seconds} s`);
 
     for (

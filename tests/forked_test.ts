@@ -2,15 +2,19 @@ import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
   assertNoStackTrace,
-  assertThirdClientWaits,
   childrenOf,
+  eventually,
+  pattern,
   processState,
   processTree,
   readToEnd,
   ROOT,
   roundTripText,
+  runScript,
   serverTest,
+  settlesWithin,
   startServer,
+  streamAndCheck,
   withTimeout,
   writeAll,
 } from "./harness.ts";
@@ -30,6 +34,64 @@ function spawnedPids(lines: string[]): number[] {
   });
 }
 
+/** The server's watchdog (lifeline.ts): one of its children, started with it. */
+async function watchdogOf(server: number): Promise<number> {
+  let watchdog = watchdogs.get(server);
+  if (watchdog !== undefined) return watchdog;
+  const found: number[] = [];
+  for (const pid of await childrenOf(server)) {
+    const argv = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() =>
+      ""
+    );
+    if (argv.includes("lifeline.ts\0--watchdog")) found.push(pid);
+  }
+  assert.equal(found.length, 1, `watchdogs: ${found}`);
+  watchdogs.set(server, watchdog = found[0]);
+  return watchdog;
+}
+const watchdogs = new Map<number, number>();
+
+/** The server's children that serve clients: all but its watchdog. */
+async function clientChildren(server: number): Promise<number[]> {
+  const watchdog = await watchdogOf(server);
+  return (await childrenOf(server)).filter((pid) => pid !== watchdog);
+}
+
+/** True once `pid` has ended (a zombie is its new parent's to reap). */
+async function ended(pid: number): Promise<boolean> {
+  return /^(Z|undefined)$/.test(String(await processState(pid)));
+}
+
+/** Runs `start` with TMPDIR set to `dir` for the processes it starts. */
+async function withTmpdir<T>(dir: string, start: () => Promise<T>): Promise<T> {
+  const before = Deno.env.get("TMPDIR");
+  Deno.env.set("TMPDIR", dir);
+  try {
+    return await start();
+  } finally {
+    if (before === undefined) Deno.env.delete("TMPDIR");
+    else Deno.env.set("TMPDIR", before);
+  }
+}
+
+/** The open file descriptors of a process (Linux /proc). */
+async function openFds(pid: number): Promise<number> {
+  let count = 0;
+  for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) count++;
+  return count;
+}
+
+/** True when `program` is on the PATH. */
+function onPath(program: string): boolean {
+  return (Deno.env.get("PATH") ?? "").split(":").some((dir) => {
+    try {
+      return Deno.statSync(`${dir}/${program}`).isFile;
+    } catch {
+      return false;
+    }
+  });
+}
+
 const encode = (text: string) => new TextEncoder().encode(text);
 const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
 const MiB = 1024 * 1024;
@@ -45,6 +107,11 @@ echoServerConformance("forked.ts", {
     ["--exec", "cat | tr a-z A-Z"],
     ["--exec", "cat", "--cpu-ms", "10"],
     ["--exec"],
+    ["--sh-exec", ""],
+    ["--sh-exec", " \t\n "],
+    ["--sh-exec", "cat", "--cpu-ms", "10"],
+    ["--sh-exec"],
+    ["--exec", "cat", "--sh-exec", "cat"],
   ],
 });
 
@@ -107,8 +174,8 @@ serverTest(
     assert.equal(pids.length, 2, server.lines.join("\n"));
     assert.notEqual(pids[0], pids[1]);
     assert.deepEqual(
-      (await childrenOf(server.pid)).sort(),
-      [...pids].sort(),
+      await clientChildren(server.pid),
+      [...pids].sort((a, b) => a - b),
       "the logged pids are the server's children",
     );
     const cpuBefore = await Promise.all(
@@ -143,10 +210,25 @@ serverTest(
   "forked.ts: --max-conns 2 bounds the live children; the third client waits",
   async () => {
     await using server = await startServer("forked.ts", ["--max-conns", "2"]);
-    await assertThirdClientWaits(server, async () => {
-      assert.equal((await childrenOf(server.pid)).length, 2);
-    });
-    assert.equal((await childrenOf(server.pid)).length, 2);
+    // assertThirdClientWaits, with the children counted while all three
+    // clients are still connected (it closes them as it returns).
+    using first = await server.connect();
+    using second = await server.connect();
+    assert.equal(await roundTripText(first, "1"), "1");
+    assert.equal(await roundTripText(second, "2"), "2");
+    using third = await server.connect(); // waits in the backlog, not refused
+    const thirdEcho = roundTripText(third, "3");
+    assert.equal(
+      await settlesWithin(thirdEcho, 500),
+      false,
+      "third client served over the limit",
+    );
+    assert.equal(await roundTripText(second, "2 again"), "2 again");
+    assert.equal((await clientChildren(server.pid)).length, 2);
+    first.close();
+    assert.equal(await thirdEcho, "3");
+    // The first client's child was reaped before the third was accepted.
+    assert.equal((await clientChildren(server.pid)).length, 2);
   },
 );
 
@@ -179,14 +261,46 @@ serverTest(
 );
 
 serverTest(
-  "forked.ts: --exec honours quotes and logs the command's stderr under its pid",
+  "forked.ts: --exec splits on any whitespace and runs no shell: its words reach CMD as they are",
   async () => {
     await using server = await startServer("forked.ts", [
       "--exec",
-      `sh -c 'echo "oops: $0" >&2; exec cat' "my name" \\;`,
+      " \t echo  *\t~ {a,b}\n x ",
+    ]);
+    assert.match(server.banner, /exec echo \* ~ \{a,b\} x per client/);
+    using conn = await server.connect();
+    await conn.closeWrite();
+    assert.equal(decode(await readToEnd(conn)), "* ~ {a,b} x\n");
+  },
+);
+
+serverTest(
+  "forked.ts: --exec refuses what only a shell means, and names --sh-exec",
+  async () => {
+    for (
+      const [command, what] of [["cat | tr a-z A-Z", "|"], ["tr 'a-z", "'"]]
+    ) {
+      const run = await runScript("forked.ts", ["0", "--exec", command]);
+      assert.equal(run.code, 2, run.stderr);
+      assert.equal(
+        run.stderr.split("\n")[0],
+        `forked.ts: --exec runs no shell: for ${what}, use --sh-exec`,
+      );
+    }
+  },
+);
+
+serverTest(
+  "forked.ts: --sh-exec runs COMMAND with /bin/sh -c (quotes, variables, pipes) and logs its stderr under its pid",
+  async () => {
+    await using server = await startServer("forked.ts", [
+      "--sh-exec",
+      `name="my name"; echo "oops: $name" >&2; tr a-z A-Z | tr -d X`,
     ]);
     using conn = await server.connect();
-    assert.equal(await roundTripText(conn, "cat echoes\n"), "cat echoes\n");
+    await writeAll(conn, encode("sh executes\n"));
+    await conn.closeWrite();
+    assert.equal(decode(await readToEnd(conn)), "SH EECUTES\n");
     const stderrLine = await server.waitForLine(/child \d+: oops/);
     const [pid] = spawnedPids(server.lines);
     assert.ok(
@@ -316,7 +430,9 @@ serverTest(
       using conn = await server.connect();
       assert.equal(await roundTripText(conn, `client ${i}`), `client ${i}`);
     }
-    await server.waitForLine(/#50 .* closed/);
+    // Every client's "closed" line, not just #50's: a child whose client has
+    // gone may still be reaped while the next client is served.
+    await server.waitForLines(/#\d+ .* closed/, 50);
     assert.equal(
       server.lines.filter((line) =>
         / reaped child \d+: exited with code 0/.test(line)
@@ -325,37 +441,47 @@ serverTest(
       50,
     );
     assert.equal(new Set(spawnedPids(server.lines)).size, 50);
-    assert.deepEqual(await childrenOf(server.pid), []);
+    assert.deepEqual(await clientChildren(server.pid), []);
   },
   { ms: 60_000 },
 );
 
-serverTest(
-  "forked.ts: SIGTERM with a client connected exits 0 and leaves no process behind",
-  async () => {
-    await using server = await startServer("forked.ts", ["--grace", "0.3"]);
-    using conn = await server.connect();
-    assert.equal(await roundTripText(conn, "x"), "x");
-    const tree = await processTree(server.pid);
-    assert.equal(tree.length, 2, `server and child: ${tree}`);
-    const socket = (await Deno.readTextFile(`/proc/${tree[1]}/cmdline`))
-      .split("\0").at(-2)!;
-    // The socket's directory went with the last child that connected: a
-    // server killed now would leave nothing on disk.
-    const socketDir = socket.slice(0, socket.lastIndexOf("/"));
-    assert.match(socketDir, /\/forked-[^/]+$/);
-    await assert.rejects(Deno.stat(socketDir), Deno.errors.NotFound);
-    server.kill("SIGTERM");
-    const exit = await server.waitForExit();
-    assert.equal(exit.code, 0, exit.stderr);
-    await assert.rejects(Deno.stat(socketDir), Deno.errors.NotFound);
-    assert.match(
-      server.lines.join("\n"),
-      new RegExp(`#1 reaped child ${tree[1]}: killed by SIGTERM`),
-    );
-    for (const pid of tree) assert.equal(await processState(pid), undefined);
-  },
-);
+for (const signal of ["SIGTERM", "SIGHUP"] as const) {
+  serverTest(
+    `forked.ts: ${signal} with a client connected exits 0 and leaves no process and no file behind`,
+    async () => {
+      await using server = await startServer("forked.ts", ["--grace", "0.3"]);
+      using conn = await server.connect();
+      assert.equal(await roundTripText(conn, "x"), "x");
+      const [child] = spawnedPids(server.lines);
+      const watchdog = await watchdogOf(server.pid);
+      const tree = await processTree(server.pid);
+      assert.deepEqual(
+        tree.toSorted((a, b) => a - b),
+        [server.pid, watchdog, child].sort((a, b) => a - b),
+        "the server, its watchdog and the client's child",
+      );
+      const socket = (await Deno.readTextFile(`/proc/${child}/cmdline`))
+        .split("\0").at(-2)!;
+      // The server's private directory holds a child's socket only until the
+      // child has connected: the listener goes, and its file with it.
+      const socketDir = socket.slice(0, socket.lastIndexOf("/"));
+      assert.match(socketDir, new RegExp(`/forked-${server.pid}-[^/]+$`));
+      assert.equal((await Deno.stat(socketDir)).mode! & 0o777, 0o700);
+      assert.deepEqual(await Array.fromAsync(Deno.readDir(socketDir)), []);
+      server.kill(signal);
+      const exit = await server.waitForExit();
+      assert.equal(exit.code, 0, exit.stderr);
+      await server.waitForLine(new RegExp(`stopping \\(${signal}\\)`));
+      await assert.rejects(Deno.stat(socketDir), Deno.errors.NotFound);
+      assert.match(
+        server.lines.join("\n"),
+        new RegExp(`#1 reaped child ${child}: killed by SIGTERM`),
+      );
+      for (const pid of tree) assert.equal(await processState(pid), undefined);
+    },
+  );
+}
 
 serverTest(
   "forked.ts: a child that ignores SIGTERM is killed with SIGKILL, with its own children; exit 0",
@@ -363,12 +489,12 @@ serverTest(
     await using server = await startServer("forked.ts", [
       "--grace",
       "0.1",
-      "--exec",
-      `sh -c 'trap "" TERM; sleep 30 & echo ready >&2; exec sleep 31'`,
+      "--sh-exec",
+      `trap "" TERM; sleep 30 & echo ready >&2; exec sleep 31`,
     ]);
     using _conn = await server.connect();
     await server.waitForLine(/#1 child \d+: ready/); // SIGTERM is ignored now
-    const [child] = await childrenOf(server.pid);
+    const [child] = spawnedPids(server.lines);
     const grandchildren = await childrenOf(child);
     assert.equal(grandchildren.length, 1);
     try {
@@ -404,7 +530,7 @@ serverTest(
     using busy = await server.connect();
     assert.equal(await roundTripText(idle, "i"), "i");
     assert.equal(await roundTripText(busy, "b"), "b");
-    const children = await childrenOf(server.pid);
+    const children = await clientChildren(server.pid);
     assert.equal(children.length, 2);
     const sending = writeAll(busy, new Uint8Array(MiB)).catch(() => {});
     server.kill("SIGKILL");
@@ -429,7 +555,7 @@ serverTest(
     await using server = await startServer("forked.ts");
     using conn = await server.connect();
     assert.equal(await roundTripText(conn, "x"), "x");
-    const [child] = await childrenOf(server.pid);
+    const [child] = spawnedPids(server.lines);
     const argv = (await Deno.readTextFile(`/proc/${child}/cmdline`))
       .split("\0").slice(0, -1);
     assert.equal(argv[1], "run");
@@ -501,6 +627,266 @@ serverTest(
       } catch { /* exited */ }
       await byHand.status;
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+for (const args of [[], ["--exec", "cat"]]) {
+  serverTest(
+    `forked.ts${
+      args.map((arg) => ` ${arg}`).join("")
+    }: a client costs the server no more file descriptors than its ModelSpec says, while its child starts and after`,
+    async () => {
+      await using server = await startServer(
+        "forked.ts",
+        [...args, "--max-conns", "1000"],
+        { fdLimit: 1024 },
+      );
+      const note = await server.waitForLine(/lowered to \d+/);
+      const declared = Number(note.match(/at (\d+) file descriptor/)![1]);
+      {
+        // One client first, so that what the runtime opens once is counted
+        // in the baseline, not per client.
+        using first = await server.connect();
+        assert.equal(await roundTripText(first, "warm"), "warm");
+      }
+      await server.waitForLine(/#1 .* closed/);
+      const before = await openFds(server.pid);
+      let peak = before;
+      const sampler = setInterval(async () => {
+        peak = Math.max(peak, await openFds(server.pid).catch(() => 0));
+      }, 1);
+      const count = 10;
+      const clients = await Promise.all(
+        Array.from({ length: count }, () => server.connect()),
+      );
+      try {
+        await Promise.all(clients.map((conn) => roundTripText(conn, "up")));
+        clearInterval(sampler);
+        const served = ((await openFds(server.pid)) - before) / count;
+        assert.ok(served >= 1 && served <= declared, `${served} per client`);
+        // A spawn holds a few more for an instant (the other ends of the
+        // child's pipes, /dev/null, the exec-error pipe): one spawn at a
+        // time, so once for all, in the reserve cli.ts keeps.
+        const oneSpawn = 5;
+        assert.ok(
+          peak - before <= declared * count + oneSpawn,
+          `${peak - before} for ${count} clients starting at once`,
+        );
+      } finally {
+        clearInterval(sampler);
+        clients.forEach((conn) => conn.close());
+      }
+    },
+  );
+}
+
+serverTest(
+  "forked.ts under ulimit -n 256: --max-conns is capped with one log line, 3x more clients than fit are all served byte-exact, every child reaped",
+  async () => {
+    await using server = await startServer("forked.ts", [], { fdLimit: 256 });
+    const note = await server.waitForLine(/--max-conns 64 lowered to \d+/);
+    const fits = Number(note.match(/lowered to (\d+)/)![1]);
+    assert.ok(fits >= 10 && fits < 64, note);
+    const clients = 3 * fits;
+    await Promise.all(
+      Array.from({ length: clients }, async (_, i) => {
+        using conn = await server.connect();
+        await streamAndCheck(conn, pattern(8 * 1024, i + 1));
+      }),
+    );
+    // A client's "closed" line comes after its child's "reaped" line.
+    await server.waitForLines(/ closed \(eof\)/, clients);
+    const spawned = spawnedPids(server.lines);
+    assert.equal(new Set(spawned).size, clients);
+    const log = server.lines.join("\n");
+    for (const pid of spawned) {
+      assert.match(log, new RegExp(`reaped child ${pid}: exited with code 0`));
+    }
+    assert.doesNotMatch(log, /cannot start|closed \((?!eof)/);
+    using last = await server.connect();
+    assert.equal(await roundTripText(last, "alive\n"), "alive\n");
+    assert.doesNotMatch(server.stderr, /panic|Too many open files/i);
+    last.close();
+    server.kill("SIGTERM");
+    assert.equal((await server.waitForExit()).code, 0);
+  },
+  { ms: 120_000 },
+);
+
+serverTest(
+  "forked.ts out of file descriptors beyond its cap (prlimit while it runs): starts and accepts wait and retry, every client is served",
+  async () => {
+    await using server = await startServer("forked.ts", ["--max-conns", "20"]);
+    // Room for the 20 clients' sockets and about two children at a time.
+    const limit = (await openFds(server.pid)) + 20 + 12;
+    const prlimit = await new Deno.Command("prlimit", {
+      args: [`--pid=${server.pid}`, `--nofile=${limit}:${limit}`],
+    }).output();
+    assert.ok(prlimit.success, new TextDecoder().decode(prlimit.stderr));
+    const clients = 60;
+    await Promise.all(
+      Array.from({ length: clients }, async (_, i) => {
+        using conn = await server.connect();
+        await streamAndCheck(conn, pattern(8 * 1024, i + 1));
+      }),
+    );
+    await server.waitForLines(/ closed \(eof\)/, clients);
+    const log = server.lines.join("\n");
+    assert.doesNotMatch(log, /cannot start|closed \((?!eof)/);
+    assert.equal(spawnedPids(server.lines).length, clients);
+    assertNoStackTrace(server.stderr);
+    using last = await server.connect();
+    assert.equal(await roundTripText(last, "alive\n"), "alive\n");
+  },
+  {
+    ms: 60_000,
+    ignore: !onPath("prlimit"),
+  },
+);
+
+serverTest(
+  "forked.ts killed with SIGKILL during a burst of connects: its watchdog removes its socket directory and ends its children",
+  async () => {
+    const tmp = await Deno.makeTempDir({ prefix: "forked-test-" });
+    try {
+      const server = await withTmpdir(tmp, () => startServer("forked.ts"));
+      const conns = await Promise.all(
+        Array.from({ length: 16 }, () => server.connect()),
+      );
+      await server.waitForLines(/#\d+ spawned child/, 16);
+      const [dir] = await Array.fromAsync(Deno.readDir(tmp));
+      assert.match(dir.name, new RegExp(`^forked-${server.pid}-`));
+      // Children still starting: their sockets wait for them to connect.
+      const sockets = await Array.fromAsync(Deno.readDir(`${tmp}/${dir.name}`));
+      assert.ok(sockets.length > 0, "every child had connected already");
+      const watchdog = await watchdogOf(server.pid);
+      server.kill("SIGKILL");
+      await server.exited; // and the watchdog, which writes to its stderr
+      assert.deepEqual(await Array.fromAsync(Deno.readDir(tmp)), []);
+      for (const pid of [watchdog, ...spawnedPids(server.lines)]) {
+        await eventually(() => ended(pid), 5000, `pid ${pid} to end`);
+      }
+      conns.forEach((conn) => conn.close());
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+);
+
+serverTest(
+  "forked.ts and its watchdog killed together during a burst of connects: the next start removes what they left",
+  async () => {
+    const tmp = await Deno.makeTempDir({ prefix: "forked-test-" });
+    try {
+      const dead = await withTmpdir(tmp, () => startServer("forked.ts"));
+      const conns = await Promise.all(
+        Array.from({ length: 16 }, () => dead.connect()),
+      );
+      await dead.waitForLines(/#\d+ spawned child/, 16);
+      Deno.kill(await watchdogOf(dead.pid), "SIGKILL");
+      dead.kill("SIGKILL");
+      await dead.exited;
+      const [left] = await Array.fromAsync(Deno.readDir(tmp));
+      assert.match(left.name, new RegExp(`^forked-${dead.pid}-`));
+      // Its children end by themselves: their link is gone, or never came.
+      for (const pid of spawnedPids(dead.lines)) {
+        await eventually(() => ended(pid), 10_000, `child ${pid} to end`);
+      }
+      conns.forEach((conn) => conn.close());
+
+      await using next = await withTmpdir(tmp, () => startServer("forked.ts"));
+      const names = async () =>
+        (await Array.fromAsync(Deno.readDir(tmp))).map((entry) => entry.name);
+      await eventually(
+        async () => !(await names()).includes(left.name),
+        10_000,
+        "the dead server's directory to go",
+      );
+      const [ours] = await names();
+      assert.match(ours, new RegExp(`^forked-${next.pid}-`));
+      using conn = await next.connect();
+      assert.equal(await roundTripText(conn, "next\n"), "next\n");
+      conn.close();
+      next.kill("SIGTERM");
+      assert.equal((await next.waitForExit()).code, 0);
+      assert.deepEqual(await names(), []);
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+);
+
+for (
+  const args of [
+    ["--exec", "sleep 20"],
+    // A grandchild in a session of its own, deaf to SIGTERM: still ended.
+    ["--sh-exec", `trap "" TERM; setsid sleep 21 & echo "$!" >&2; sleep 20`],
+  ]
+) {
+  serverTest(
+    `forked.ts ${
+      args.join(" ")
+    }: its children are gone a few seconds after the server is killed with SIGKILL`,
+    async () => {
+      await using server = await startServer("forked.ts", args);
+      const conns = await Promise.all([1, 2, 3].map(() => server.connect()));
+      await server.waitForLines(/#\d+ spawned child/, 3);
+      const processes = spawnedPids(server.lines);
+      if (args[0] === "--sh-exec") {
+        for (const line of await server.waitForLines(/child \d+: \d+$/, 3)) {
+          processes.push(Number(line.match(/(\d+)$/)![1]));
+        }
+      }
+      try {
+        server.kill("SIGKILL");
+        await server.exited;
+        for (const pid of processes) {
+          await eventually(() => ended(pid), 5000, `pid ${pid} to end`);
+        }
+      } finally {
+        for (const pid of processes) {
+          for (const target of [-pid, pid]) { // its group, then itself
+            try {
+              Deno.kill(target, "SIGKILL"); // what outlived the test, by pid
+            } catch { /* ended, as it should have */ }
+          }
+        }
+        conns.forEach((conn) => conn.close());
+      }
+    },
+  );
+}
+
+serverTest(
+  "forked.ts with an unusable TMPDIR exits 1 at start with one line, before any banner; --exec needs none",
+  async () => {
+    const tmp = await Deno.makeTempDir({ prefix: "forked-test-" });
+    try {
+      const file = `${tmp}/file`;
+      await Deno.writeTextFile(file, "");
+      for (
+        const [dir, why] of [
+          [`${tmp}/missing`, "no such directory"],
+          [file, "not a directory"],
+        ]
+      ) {
+        const run = await withTmpdir(dir, () => runScript("forked.ts", ["0"]));
+        assert.equal(run.code, 1, run.stderr);
+        assert.equal(run.stdout, "");
+        assert.equal(
+          run.stderr,
+          `forked.ts: cannot make a directory for the children's sockets in ${dir}: ${why}\n`,
+        );
+      }
+      await using server = await withTmpdir(
+        `${tmp}/missing`,
+        () => startServer("forked.ts", ["--exec", "cat"]),
+      );
+      using conn = await server.connect();
+      assert.equal(await roundTripText(conn, "cat\n"), "cat\n");
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
     }
   },
 );

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertServedBeyondFdLimit,
   childrenOf,
   eventually,
   processState,
@@ -8,6 +9,7 @@ import {
   Script,
   type Server,
   serverTest,
+  settlesWithin,
   startServer,
   talkAtOnce,
 } from "./harness.ts";
@@ -81,6 +83,7 @@ echoServerConformance("prefork.ts", {
     ["--workers", "1.5"],
     ["--workers", "-1"],
     ["--unix", "/tmp/prefork-test.sock"],
+    ["--workers", "4", "--max-conns", "3"],
   ],
 });
 
@@ -176,10 +179,10 @@ serverTest(
 );
 
 serverTest(
-  "prefork.ts: SIGTERM and SIGINT with clients connected, 3 times each: the clients finish, exit 0, nothing left",
+  "prefork.ts: SIGTERM, SIGINT and SIGHUP with clients connected, 3 times each: the clients finish, exit 0, nothing left",
   async () => {
-    for (let i = 0; i < 6; i++) {
-      const signal = i % 2 ? "SIGINT" : "SIGTERM";
+    for (let i = 0; i < 9; i++) {
+      const signal = (["SIGTERM", "SIGINT", "SIGHUP"] as const)[i % 3];
       await using server = await startServer("prefork.ts", [
         ...TWO,
         "--grace",
@@ -389,4 +392,52 @@ serverTest(
     assert.ok(connected.worker === 1 || connected.worker === 2);
     await server.waitForLine(/"event":"worker-listening"/);
   },
+);
+
+serverTest(
+  'prefork.ts --workers 1: the banner says "1 worker"',
+  async () => {
+    await using server = await startServer("prefork.ts", ["--workers", "1"]);
+    assert.match(server.banner, /\(prefork, 1 worker, pid \d+\)$/);
+  },
+);
+
+serverTest(
+  "prefork.ts --workers 2 --max-conns 2: at most 2 clients served in all, the rest wait and are served in turn",
+  async () => {
+    await using server = await startServer("prefork.ts", [
+      ...TWO,
+      "--max-conns",
+      "2",
+    ]);
+    // Each worker serves 1. Eight clients at once, each sending a byte: the
+    // kernel hashes them to the workers, where the unserved ones wait.
+    const clients = await Promise.all(
+      Array.from({ length: 8 }, () => server.connect()),
+    );
+    const echoes = clients.map((conn) => roundTripText(conn, "x"));
+    const served = new Set<number>();
+    echoes.forEach((echo, i) => echo.then(() => served.add(i)));
+    const left = new Set<number>();
+    while (left.size < clients.length) {
+      const waiting = echoes.filter((_, i) => !left.has(i));
+      await Promise.any(waiting); // somebody still here is served
+      // Whoever else could be served now echoes within this time.
+      await settlesWithin(Promise.all(waiting), 300);
+      const open = [...served].filter((i) => !left.has(i));
+      assert.ok(open.length <= 2, `${open.length} clients served at once`);
+      clients[open[0]].close(); // it leaves: the next one is served
+      left.add(open[0]);
+    }
+  },
+);
+
+serverTest(
+  "prefork.ts --workers 2 under ulimit -n 64: 3x more clients than fit are all served, byte-exact",
+  async () => {
+    // 24 clients fit in each worker (40 descriptors are the runtime's).
+    const fits = await assertServedBeyondFdLimit("prefork.ts", TWO, 64);
+    assert.equal(fits, 48);
+  },
+  { ms: 60_000 },
 );

@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
+import { PortStream } from "../port_stream.ts";
+import { pipe } from "../relay.ts";
 import { echoServerConformance } from "./conformance.ts";
 import {
   assertNoStackTrace,
   assertSameBytes,
+  assertServedBeyondFdLimit,
   assertThirdClientWaits,
+  concat,
   eventually,
   pattern,
   readExactly,
@@ -54,6 +58,11 @@ async function workerThreads(pid: number): Promise<number[]> {
     } catch { /* the thread ended while we looked */ }
   }
   return threads.sort();
+}
+
+/** The name the kernel (and `top -H`) gives to thread `tid` of `pid`. */
+async function threadName(pid: number, tid: number): Promise<string> {
+  return (await Deno.readTextFile(`/proc/${pid}/task/${tid}/comm`)).trim();
 }
 
 /** The worker that served the client on `conn`, from its log line. */
@@ -132,65 +141,85 @@ for (const mode of [[], POOL]) {
     },
   );
 
-  serverTest(
-    `${name}: SIGTERM with clients connected: they get the grace period, each worker ends, exit 0`,
-    async () => {
-      await using server = await startServer(SCRIPT, [
-        ...mode,
-        "--grace",
-        "2",
-      ]);
-      const clients = await Promise.all(
-        Array.from({ length: 6 }, () => server.connect()),
-      );
-      await Promise.all(clients.map((conn) => roundTripText(conn, "hi")));
-      assert.ok((await workerThreads(server.pid)).length > 0);
-      server.kill("SIGTERM");
-      await server.waitForLine(/stopping/);
-      await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
-      // Half the clients finish during the grace period; the silent rest are
-      // closed when it ends.
-      for (const conn of clients.slice(0, 3)) {
-        assert.equal(await roundTripText(conn, "bye"), "bye");
-        conn.close();
-      }
-      if (!mode.length) {
-        await eventually(
-          async () => (await workerThreads(server.pid)).length === 3,
-          1_500,
-          "the finished clients' workers to end, the silent ones' to stay",
+  for (const signal of ["SIGTERM", "SIGHUP"] as const) {
+    serverTest(
+      `${name}: ${signal} with clients connected: they get the grace period, each worker ends, exit 0`,
+      async () => {
+        await using server = await startServer(SCRIPT, [
+          ...mode,
+          "--grace",
+          "2",
+        ]);
+        const clients = await Promise.all(
+          Array.from({ length: 6 }, () => server.connect()),
         );
-      }
-      for (const conn of clients.slice(3)) {
-        const rest = await withTimeout(
-          readToEnd(conn).catch(() => new Uint8Array()),
-          10_000,
-          "a silent client to be closed",
+        await Promise.all(clients.map((conn) => roundTripText(conn, "hi")));
+        assert.ok((await workerThreads(server.pid)).length > 0);
+        server.kill(signal);
+        assert.match(
+          await server.waitForLine(/stopping/),
+          new RegExp(`^\\[pid ${server.pid}\\] stopping \\(${signal}\\)`),
         );
-        assert.equal(rest.length, 0);
-        conn.close();
-      }
-      const exit = await server.waitForExit();
-      assert.equal(exit.code, 0, exit.stderr);
-      assertNoStackTrace(exit.stderr);
-      assert.equal(
-        server.lines.filter((line) => /closed \(shutdown\)/.test(line)).length,
-        3,
-      );
-      if (mode.length) {
+        await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
+        // Half the clients finish during the grace period; the silent rest are
+        // closed when it ends.
+        for (const conn of clients.slice(0, 3)) {
+          assert.equal(await roundTripText(conn, "bye"), "bye");
+          conn.close();
+        }
+        if (!mode.length) {
+          await eventually(
+            async () => (await workerThreads(server.pid)).length === 3,
+            1_500,
+            "the finished clients' workers to end, the silent ones' to stay",
+          );
+        }
+        for (const conn of clients.slice(3)) {
+          const rest = await withTimeout(
+            readToEnd(conn).catch(() => new Uint8Array()),
+            10_000,
+            "a silent client to be closed",
+          );
+          assert.equal(rest.length, 0);
+          conn.close();
+        }
+        const exit = await server.waitForExit();
+        assert.equal(exit.code, 0, exit.stderr);
+        assertNoStackTrace(exit.stderr);
         assert.equal(
-          server.lines.filter((line) => /worker \d+ .*\] stopped$/.test(line))
+          server.lines.filter((line) => /closed \(shutdown\)/.test(line))
             .length,
-          2,
-          "a worker did not drain and stop",
+          3,
         );
-      }
-      // Threads live and die with their process: nothing of it is left.
-      await assert.rejects(
-        Deno.stat(`/proc/${server.pid}`),
-        Deno.errors.NotFound,
-      );
+        if (mode.length) {
+          assert.equal(
+            server.lines.filter((line) => /worker \d+ .*\] stopped$/.test(line))
+              .length,
+            2,
+            "a worker did not drain and stop",
+          );
+        }
+        // Threads live and die with their process: nothing of it is left.
+        await assert.rejects(
+          Deno.stat(`/proc/${server.pid}`),
+          Deno.errors.NotFound,
+        );
+      },
+    );
+  }
+
+  serverTest(
+    `${name} under ulimit -n: 3x more clients than fit are all served, byte-exact; no panic`,
+    async () => {
+      // 40 descriptors are the runtime's reserve. A worker per client holds
+      // 7 with its socket: at 250, 30 fit (enough that clients end together
+      // and their workers overlap with the next ones, whose descriptors Deno
+      // panics without). A pool of 2 holds 14, its clients 1 each: at 96, 42.
+      const limit = mode.length ? 96 : 250;
+      const fits = await assertServedBeyondFdLimit(SCRIPT, mode, limit);
+      assert.equal(fits, mode.length ? 42 : 30);
     },
+    { ms: 60_000 },
   );
 }
 
@@ -207,11 +236,15 @@ serverTest(
       5_000,
       "the start-up probe worker to end",
     );
-    // One client: one thread, the one the log names.
+    // One client: one thread, the one the log names, by the name that
+    // `top -H` shows (the start-up probe was worker 1).
     const conn = await server.connect();
     assert.equal(await roundTripText(conn, "one"), "one");
-    const line = await server.waitForLine(/#1 on worker 1 \(thread \d+\)/);
-    const thread = Number(line.match(/thread (\d+)/)![1]);
+    const line = await server.waitForLine(/#1 on worker \d+ \(thread \d+\)/);
+    const [, number, thread] = line.match(/worker (\d+) \(thread (\d+)\)/)!
+      .map(Number);
+    assert.equal(number, 2);
+    assert.equal(await threadName(server.pid, thread), `worker-${number}`);
     assert.deepEqual(await workerThreads(server.pid), [thread]);
     conn.close();
     // 99 more, one after another.
@@ -249,7 +282,7 @@ serverTest(
     await using server = await startServer(SCRIPT);
     using conn = await server.connect();
     // The baseline includes the client's worker, started and running.
-    await server.waitForLine(/#1 on worker 1/);
+    await server.waitForLine(/#1 on worker \d+/);
     const peakBefore = await rssKiB(server.pid, "VmHWM");
     const bytes = pattern(64 * MiB, 13);
     // Nothing is read until a write stalls: the server must stop reading
@@ -278,7 +311,8 @@ serverTest(
     await using server = await startServer(SCRIPT);
     using doomed = await server.connect();
     assert.equal(await roundTripText(doomed, "a"), "a");
-    await server.waitForLine(/#1 on worker 1/);
+    const worker = (await server.waitForLine(/#1 on worker \d+/))
+      .match(/on worker (\d+)/)![1];
     using other = await server.connect();
     assert.equal(await roundTripText(other, "b"), "b");
     server.kill("SIGUSR2"); // the oldest live worker, #1's, throws
@@ -289,7 +323,9 @@ serverTest(
     );
     assert.equal(rest.length, 0);
     await server.waitForLine(
-      /#1 .*closed \(error: worker 1 died: .*fault injected by SIGUSR2\)/,
+      new RegExp(
+        `#1 .*closed \\(error: worker ${worker} died: .*fault injected by SIGUSR2\\)`,
+      ),
     );
     assert.equal(await roundTripText(other, "still here"), "still here");
     using next = await server.connect();
@@ -318,11 +354,21 @@ serverTest(
         clients.map((conn) => workerOf(server, conn)),
       );
       assert.deepEqual(new Set(workers), new Set([1, 2]));
-      // No thread per client: still the two that started with the server.
+      // No thread per client: still the two that started with the server,
+      // each named in the log as `top -H` names it.
       const started = server.lines
-        .filter((line) => /worker \d+ \(thread \d+\) started/.test(line))
-        .map((line) => Number(line.match(/thread (\d+)/)![1]));
-      assert.deepEqual(await workerThreads(server.pid), started.sort());
+        .filter((line) => /worker \d+ \(thread \d+\) listening/.test(line))
+        .map((line) => line.match(/worker (\d+) \(thread (\d+)\)/)!);
+      assert.deepEqual(
+        await workerThreads(server.pid),
+        started.map((match) => Number(match[2])).sort(),
+      );
+      for (const [, number, thread] of started) {
+        assert.equal(
+          await threadName(server.pid, Number(thread)),
+          `worker-${number}`,
+        );
+      }
     } finally {
       clients.forEach((conn) => conn.close());
     }
@@ -344,11 +390,10 @@ serverTest(
         "worker 1's client to be closed",
       );
       assert.equal(rest.length, 0);
-      await server.waitForLine(/worker 3 (\(thread \d+\) )?started/);
-      assert.match(
-        server.stderr,
-        /worker 1 died: .*fault injected by SIGUSR2; starting worker 3/,
+      await server.waitForLine(
+        /worker 1 \(thread \d+\) died after .*: Uncaught Error: fault injected by SIGUSR2; restarting in \d+ ms$/,
       );
+      await server.waitForLine(/worker 3 \(thread \d+\) listening$/);
       assert.equal(await roundTripText(other, "unharmed"), "unharmed");
       // Echo goes on, on workers 2 and 3 only.
       const fresh = await Promise.all(
@@ -405,3 +450,104 @@ serverTest(
     }
   },
 );
+
+serverTest(
+  `${SCRIPT} --pool 1: the banner says "1 worker"`,
+  async () => {
+    await using server = await startServer(SCRIPT, ["--pool", "1"]);
+    assert.match(server.banner, /\(threaded, pool of 1 worker, pid \d+\)$/);
+    using conn = await server.connect();
+    assert.equal(await roundTripText(conn, "one"), "one");
+  },
+);
+
+// ---------------------------------------------------------------------------
+// port_stream.ts: the byte stream between two threads, tested in one
+// ---------------------------------------------------------------------------
+
+/** Two PortStreams joined by a new MessageChannel. */
+function streamPair(signals: AbortSignal[] = []): [PortStream, PortStream] {
+  const { port1, port2 } = new MessageChannel();
+  return [new PortStream(port1, signals), new PortStream(port2)];
+}
+
+/** Reads `stream` to its end. */
+async function readAll(stream: PortStream): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(5000); // smaller than a chunk: partial reads
+  for (let n; (n = await stream.read(buffer)) !== null;) {
+    chunks.push(buffer.slice(0, n));
+  }
+  return concat(chunks);
+}
+
+Deno.test("PortStream: bytes both ways, each half-close ends one way only", async () => {
+  const [a, b] = streamPair();
+  const toB = pattern(300_000, 1);
+  const toA = pattern(200_000, 2);
+  const [atB, atA] = await Promise.all([
+    readAll(b),
+    (async () => {
+      await pipe(bytesReader(toB), a); // relay.ts's pipe: half-closes a
+      return await readAll(a); // still open this way after a's half-close
+    })(),
+    (async () => {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await writeAllTo(b, toA);
+      await b.closeWrite();
+    })(),
+  ]);
+  assertSameBytes(atB, toB);
+  assertSameBytes(atA, toA);
+  a.close();
+  await b.closed;
+  b.close();
+});
+
+/** Writes all of `bytes` to `stream`. */
+async function writeAllTo(stream: PortStream, bytes: Uint8Array) {
+  for (let off = 0; off < bytes.length;) {
+    off += await stream.write(bytes.subarray(off));
+  }
+}
+
+/** A reader over `bytes`, handing out at most 7,000 bytes per read. */
+function bytesReader(bytes: Uint8Array) {
+  let off = 0;
+  return {
+    read(into: Uint8Array): Promise<number | null> {
+      if (off === bytes.length) return Promise.resolve(null);
+      const n = Math.min(into.length, 7000, bytes.length - off);
+      into.set(bytes.subarray(off, off + n));
+      off += n;
+      return Promise.resolve(n);
+    },
+  };
+}
+
+Deno.test("PortStream: a reader that stops holds the writer back after 8 chunks", async () => {
+  const [a, b] = streamPair();
+  const chunk = new Uint8Array(64 * 1024);
+  for (let i = 0; i < 8; i++) await a.write(chunk); // the 8 credits
+  const ninth = a.write(chunk);
+  assert.equal(await settlesWithin(ninth, 200), false, "no backpressure");
+  const into = new Uint8Array(64 * 1024);
+  assert.equal(await b.read(into), 64 * 1024); // one chunk used: one credit
+  assert.equal(await ninth, 64 * 1024);
+  assert.equal(await settlesWithin(a.write(chunk), 200), false);
+  a.close();
+  b.close();
+});
+
+Deno.test("PortStream: an abort fails pending and later reads and writes with its reason", async () => {
+  const ended = new AbortController();
+  const [a, b] = streamPair([ended.signal]);
+  const reading = a.read(new Uint8Array(10));
+  ended.abort(new Error("worker 7 died"));
+  await assert.rejects(reading, /worker 7 died/);
+  await assert.rejects(a.write(new Uint8Array(1)), /worker 7 died/);
+  a.close();
+  await b.closed; // the other side learns the stream is gone
+  await assert.rejects(b.read(new Uint8Array(1)), /closed/);
+  b.close();
+});

@@ -1,0 +1,181 @@
+/**
+ * A bench run as a markdown page: where and when it ran, a table per
+ * scenario, the targets. Complete, so that it can be committed as
+ * docs/benchmarks.md and regenerated rather than retyped.
+ *
+ * @module
+ */
+import type { BenchResult } from "./run.ts";
+import type { Row } from "./scenarios.ts";
+
+/** 3 significant figures, thousands separated: 25,100 · 312 · 4.21 · 0.042. */
+export function formatNumber(value: unknown): string {
+  if (typeof value !== "number" || !Number.isFinite(value)) return "–";
+  const abs = Math.abs(value);
+  if (abs >= 100) return Math.round(value).toLocaleString("en-US");
+  if (abs >= 10) return value.toFixed(1);
+  if (abs >= 1) return value.toFixed(2);
+  if (abs === 0) return "0";
+  return value.toPrecision(2);
+}
+
+/** The CPU a row's server spent per request in a `--cpu-ms` scenario, when
+ * clearly short of it: the burn ended on the wall clock (see markdown()). */
+export function shortBurnMs(row: Row, cpuMs?: number): number | undefined {
+  const us = row.serverCpuUsPerRequest;
+  return cpuMs && typeof us === "number" && us < cpuMs * 1000 * 0.8
+    ? us / 1000
+    : undefined;
+}
+
+/** Each scenario's table: the columns, by the row field (or cell) they show. */
+const COLUMNS: Record<string, string> = {
+  S1: "requestsPerSecond p50Ms p99Ms errors",
+  S2:
+    "requestsPerSecond p99Ms loadCpuUsPerRequest serverCpuUsPerRequest errors",
+  S3: "mbPerSecond p99Ms serverCores loadCores errors",
+  S4: "connectionsPerSecond p50Ms p99Ms errors",
+  S5: "requestsPerSecond p99Ms serverCores serverCpuMsPerRequest errors",
+  S6: "idleServed rssMiB kbPerIdleClient pssKbPerIdleClient activeP99Ms",
+  S7: "firstEchoMs errors",
+};
+
+/** Column titles; and how a cell reads when it is not a row's field as is. */
+const CELLS: Record<string, [title: string, cell?: (row: Row) => string]> = {
+  requestsPerSecond: ["requests/s"],
+  p50Ms: ["p50 ms"],
+  p99Ms: ["p99 ms"],
+  errors: ["errors"],
+  loadCpuUsPerRequest: ["load CPU µs/req"],
+  serverCpuUsPerRequest: ["server CPU µs/req"],
+  mbPerSecond: ["MB/s"],
+  serverCores: ["server CPU cores"],
+  loadCores: ["load CPU cores"],
+  connectionsPerSecond: ["connections/s"],
+  serverCpuMsPerRequest: [
+    "server CPU ms/req",
+    (row) => formatNumber((row.serverCpuUsPerRequest as number) / 1000),
+  ],
+  idleServed: [
+    "idle clients served",
+    (row) => `${row.idleServed}${row.stoppedBy ? ` (${row.stoppedBy})` : ""}`,
+  ],
+  rssMiB: [
+    "RSS MiB before → held",
+    (row) =>
+      [row.rssBeforeBytes, row.rssHeldBytes]
+        .map((bytes) => formatNumber((bytes as number) / 1024 ** 2))
+        .join(" → "),
+  ],
+  kbPerIdleClient: ["KB/idle client (RSS)"],
+  pssKbPerIdleClient: ["(PSS)"],
+  activeP99Ms: [
+    "active p99 ms",
+    (row) =>
+      row.activeRequests === 0 ? "not served" : formatNumber(row.activeP99Ms),
+  ],
+  firstEchoMs: ["second client's first echo, ms"],
+};
+
+/** `args` as a shell would need them typed. */
+function shellWords(args: string[]): string {
+  return args.map((arg) => /^[\w./,:=+-]+$/.test(arg) ? arg : `'${arg}'`)
+    .join(" ");
+}
+
+/**
+ * The whole page. `chart` is the SVG's path relative to the page, when the
+ * run wrote one, to show it at the top.
+ */
+export function markdown(result: BenchResult, chart?: string): string {
+  const { machine, settings } = result;
+  const command = ["deno task bench", shellWords(result.args)].join(" ").trim();
+  const lines = [
+    "# Echo servers side by side",
+    "",
+    `Written by \`${command}\`: regenerate it the same way rather than edit it.`,
+    "",
+    `${machine.cpus} CPUs (${machine.cpuModel}), ${machine.memoryGiB} GiB, ${machine.os}; ` +
+    `Deno ${machine.deno} (V8 ${machine.v8}); ${machine.date}.`,
+    `${settings.duration} s per run${settings.quick ? " (--quick)" : ""}${
+      settings.rounds > 1 ? `, median of ${settings.rounds} rounds` : ""
+    }; ` +
+    `pools of ${settings.workers}; every server started afresh per scenario. ` +
+    "Rows of one table ran minutes apart at most: compare them as ratios; " +
+    "absolute figures move with the machine and its load.",
+    ...(chart ? ["", `![The scenarios as bar charts](${chart})`] : []),
+  ];
+  for (const scenario of result.scenarios) {
+    const columns = COLUMNS[scenario.id].split(" ");
+    const load = scenario.id === "S6"
+      ? `${settings.idleClients} idle clients held open plus one active client`
+      : scenario.id === "S7"
+      ? `a second client while the first holds its connection idle for ${settings.holdSeconds} s (median of ${settings.waitRepeats})`
+      : scenario.load;
+    lines.push(
+      "",
+      `## ${scenario.id} ${scenario.title}: ${load}`,
+      "",
+      `| server | ${columns.map((c) => CELLS[c][0]).join(" | ")} |`,
+      `| --- | ${columns.map(() => "---:").join(" | ")} |`,
+    );
+    for (const row of scenario.rows) {
+      const cells = row.note
+        ? [row.note, ...columns.slice(1).map(() => "")]
+        : columns.map((c) => CELLS[c][1]?.(row) ?? formatNumber(row[c]));
+      lines.push(`| ${row.label} | ${cells.join(" | ")} |`);
+    }
+    const refs = result.references;
+    if (scenario.id === "S4" && refs) {
+      lines.push(
+        `| Deno child start + reap (reference) | ${
+          formatNumber(refs.childStartsPerSecond)
+        } | | | |`,
+        `| Worker start + terminate (reference) | ${
+          formatNumber(refs.workerStartsPerSecond)
+        } | | | |`,
+      );
+    }
+    const shortBurns = scenario.rows.filter((row) =>
+      shortBurnMs(row, scenario.cpuMs) !== undefined
+    );
+    if (shortBurns.length) {
+      lines.push(
+        "",
+        `${
+          shortBurns.map((row) => row.label).join(", ")
+        }: less than ${scenario.cpuMs} ms of CPU per request. A burn that ends on the ` +
+          "wall clock stops early when busy threads outnumber the cores, so " +
+          "these rows did less work per request than the others.",
+      );
+    }
+    for (const row of scenario.rows) {
+      if (typeof row.mismatches === "number" && row.mismatches > 0) {
+        lines.push("", `**${row.label}: ${row.mismatches} echoes differed.**`);
+      }
+    }
+  }
+  if (result.ratios.length) {
+    lines.push(
+      "",
+      "## Targets",
+      "",
+      "| target | measured | goal | |",
+      "| --- | ---: | ---: | --- |",
+      ...result.ratios.map((ratio) => {
+        const value = ratio.value === null
+          ? "–"
+          : `${formatNumber(ratio.value)}${ratio.unit}`;
+        return `| ${ratio.target} | ${value} | ${ratio.goal} | ${ratio.result} |`;
+      }),
+    );
+  }
+  if (result.skipped.length) {
+    const skipped = result.skipped.map((s) => `${s.name} (${s.reason})`);
+    lines.push("", `Skipped: ${skipped.join(", ")}.`);
+  }
+  if (result.leftovers.length) {
+    lines.push("", `**Left behind (killed): ${result.leftovers.join("; ")}**`);
+  }
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,130 @@
+/**
+ * How a supervisor (supervisor.ts) commands the workers of its pool when they
+ * are another process or thread: words over a channel. The supervisor sends
+ * `accept`, `stop-accepting`, `drain REASON` or `end`; the worker answers
+ * `listening`, `not-accepting` and `stopped`. {@linkcode CommandedWorker} is
+ * the supervisor's side (child_worker.ts and threads.ts extend it for a
+ * process and a thread), {@linkcode obey} the worker's.
+ *
+ * @module
+ */
+import type { EchoServer } from "./server.ts";
+import type { PoolWorker, WorkerExit } from "./supervisor.ts";
+
+/** How long a worker told to end gets before it is killed. */
+const KILL_AFTER_MS = 2_000;
+
+/** What a worker says to its supervisor. */
+export type Answer = "listening" | "not-accepting" | "stopped";
+
+/**
+ * A pool worker driven by command words over a channel of the subclass's
+ * choosing (a child's stdin, a MessagePort): the supervisor's side of
+ * {@linkcode obey}. The subclass sends, kills, feeds every answer it
+ * receives to `answer`, and reports the end with `ended`.
+ */
+export abstract class CommandedWorker implements PoolWorker {
+  abstract readonly name: string;
+  abstract readonly fields: Record<string, unknown>;
+  readonly listening: Promise<boolean>;
+  readonly exited: Promise<WorkerExit>;
+  #listening = Promise.withResolvers<boolean>();
+  #notAccepting = Promise.withResolvers<void>();
+  #exited = Promise.withResolvers<WorkerExit>();
+  #listened = false;
+  #killTimer?: ReturnType<typeof setTimeout>;
+
+  /** Not listening yet, not ended. */
+  constructor() {
+    this.listening = this.#listening.promise;
+    this.exited = this.#exited.promise;
+  }
+
+  /** Sends one command word (and its argument) to the worker. */
+  protected abstract send(command: string): void;
+
+  /** Ends the worker by force, whatever it is doing. */
+  protected abstract kill(): void;
+
+  /**
+   * Takes `line` from the worker: true if it was an answer, false if it is
+   * something else (a log line to forward).
+   */
+  answer(line: string): boolean {
+    const word = line as Answer;
+    if (word === "listening") {
+      this.#listened = true;
+      this.#listening.resolve(true);
+    } else if (word === "not-accepting") this.#notAccepting.resolve();
+    else if (word === "stopped") this.kill(); // drained: its end, at once
+    else return false;
+    return true;
+  }
+
+  /** Records how the worker ended; call once, when it is gone. */
+  protected ended(exit: WorkerExit): void {
+    clearTimeout(this.#killTimer);
+    this.#listening.resolve(false);
+    this.#notAccepting.resolve();
+    this.#exited.resolve(exit);
+  }
+
+  /** See {@linkcode PoolWorker.accept}. */
+  accept(): void {
+    this.send("accept");
+  }
+
+  /** See {@linkcode PoolWorker.stopAccepting}. */
+  stopAccepting(): Promise<void> {
+    this.send("stop-accepting");
+    return this.#notAccepting.promise;
+  }
+
+  /** See {@linkcode PoolWorker.drain}. */
+  drain(reason: string): void {
+    this.send(`drain ${reason}`);
+  }
+
+  /** See {@linkcode PoolWorker.end}: killed if it has not ended 2 s later. */
+  end(): void {
+    if (!this.#listened) return this.kill(); // no client to end
+    this.send("end");
+    this.#killTimer ??= setTimeout(() => this.kill(), KILL_AFTER_MS);
+  }
+}
+
+/**
+ * The worker's side: call once `server` listens, with `answer` sending a word
+ * back to the supervisor. It answers `listening` at once, and returns the
+ * handler for the commands it receives: `accept` serves the clients,
+ * `stop-accepting` closes the listener (answering `not-accepting`), `drain`
+ * lets the clients finish and `end` ends them now (either answering
+ * `stopped` once they are gone: the worker may end then).
+ */
+export function obey(
+  server: EchoServer,
+  answer: (word: Answer) => void,
+): (command: string) => void {
+  let accepting = false;
+  let stopped: Promise<void> | undefined;
+  const stop = (reason: string) => {
+    const done = server.shutdown(reason); // a second call ends the clients
+    stopped ??= done.then(() => answer("stopped"));
+  };
+  answer("listening");
+  return (command) => {
+    const [word, reason = "supervisor"] = command.split(" ");
+    if (word === "accept" && !accepting) {
+      accepting = true;
+      (async () => {
+        for await (const conn of server.clients()) server.serve(conn);
+      })();
+    } else if (word === "stop-accepting") {
+      server.stopAccepting().then(() => answer("not-accepting"));
+    } else if (word === "drain" && !stopped) stop(reason);
+    else if (word === "end") {
+      if (!stopped) stop(reason);
+      stop(reason);
+    }
+  };
+}

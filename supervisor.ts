@@ -1,0 +1,386 @@
+/**
+ * The pool supervisor: what a parent does for N workers that accept on its
+ * port, whether they are processes (prefork.ts), threads (threaded.ts --pool)
+ * or node:cluster workers. It reserves the port, starts the workers, prints
+ * one banner once all of them listen, keeps them at strength with one restart
+ * policy, and stops them in two phases on SIGINT, SIGTERM or SIGHUP: every
+ * worker stops accepting before "stopping" is logged, then each drains for
+ * `--grace` seconds, then every one ends, exit 0. A second signal ends the
+ * clients at once.
+ *
+ * A worker is anything that can say it listens, stop accepting, drain then
+ * end, end now, and report how it exited: {@linkcode PoolWorker}
+ * (child_worker.ts has one for a child process, threads.ts one for a thread;
+ * pool_commands.ts is the protocol both speak).
+ *
+ * @module
+ */
+import { fail, type ModelOption, type ServerOptions } from "./cli.ts";
+import { listenOrExit } from "./listen.ts";
+import { Logger } from "./log.ts";
+import { onShutdownSignal } from "./server.ts";
+import { sleep, within } from "./time.ts";
+
+/** How a worker ended, for the log line that says it will be restarted. */
+export interface WorkerExit {
+  /** `exited with code 1 after 61.0 ms`, `killed by SIGKILL after 2.01 s`. */
+  text: string;
+  /** The same as JSON fields. */
+  fields?: Record<string, unknown>;
+  /** The last thing it said on stderr, or its error: why it could not start. */
+  error?: string;
+}
+
+/** One worker of a pool, as the supervisor drives it. */
+export interface PoolWorker {
+  /** For log lines: `worker 2 (pid 4242)`, `worker 3 (thread 5150)`. */
+  readonly name: string;
+  /** The same as JSON fields: `{ worker: 2, workerPid: 4242 }`. */
+  readonly fields: Record<string, unknown>;
+  /** True once it listens (it accepts only after `accept`); false if it ended first. */
+  readonly listening: Promise<boolean>;
+  /** How it ended, once it has and everything it wrote is forwarded. */
+  readonly exited: Promise<WorkerExit>;
+  /** Start accepting: the banner is out. */
+  accept(): void;
+  /** Close the listener; resolves once it no longer accepts, or has ended. */
+  stopAccepting(): Promise<void>;
+  /** Let the clients finish for the grace period, end the rest, then end. */
+  drain(reason: string): void;
+  /** End the clients and the worker now; `exited` follows within seconds. */
+  end(): void;
+}
+
+/** When and how often a pool restarts a worker that exits. */
+export interface RestartPolicy {
+  /** The delay before the first restart; it doubles while the worker fails. */
+  firstMs: number;
+  /** The longest delay. */
+  maxMs: number;
+  /** A worker that ran this long was healthy: the delay starts over. */
+  healthyMs: number;
+  /** Exits before listening, in a row, after which the pool gives up. */
+  attempts: number;
+}
+
+/** The one restart policy: 0.1 s doubling to 5 s; give up after 5 failed starts. */
+export const RESTART: RestartPolicy = {
+  firstMs: 100,
+  maxMs: 5_000,
+  healthyMs: 10_000,
+  attempts: 5,
+};
+
+/** How long a worker gets to confirm it stopped accepting before it is ended. */
+const ANSWER_MS = 10_000;
+/** How long a draining worker may overrun the grace period before it is ended. */
+const OVERRUN_MS = 5_000;
+
+/** One slot's restart delays under a {@linkcode RestartPolicy}. */
+export class Backoff {
+  #delay: number;
+  #failedStarts = 0;
+
+  /** Starts at the policy's first delay. */
+  constructor(readonly policy: RestartPolicy = RESTART) {
+    this.#delay = policy.firstMs;
+  }
+
+  /**
+   * After a worker's exit (`listened`: whether it listened; `ranMs`: how long
+   * it ran): the delay before starting the next one, or undefined when it
+   * failed to start `attempts` times in a row and the pool should give up.
+   */
+  next(listened: boolean, ranMs: number): number | undefined {
+    if (!listened && ++this.#failedStarts >= this.policy.attempts) {
+      return undefined;
+    }
+    if (listened) this.#failedStarts = 0;
+    if (listened && ranMs >= this.policy.healthyMs) {
+      this.#delay = this.policy.firstMs;
+    }
+    const delay = this.#delay;
+    this.#delay = Math.min(this.policy.maxMs, delay * 2);
+    return delay;
+  }
+}
+
+/** `--workers N` of a pool of processes: 1 to 1024, default the CPUs. */
+export const WORKERS_OPTION: ModelOption = {
+  type: "count",
+  min: 1,
+  max: 1024,
+  usage:
+    `N             worker processes (default: number of CPUs, here ${navigator.hardwareConcurrency});
+                          --max-conns (default 10000) is split among them`,
+};
+
+/** How many workers `--workers` asks for: its value, or the number of CPUs. */
+export function workersOf(extra: ServerOptions["extra"]): number {
+  return (extra.workers as number | undefined) ?? navigator.hardwareConcurrency;
+}
+
+/** "1 worker", "2 workers". */
+export function workerCount(n: number): string {
+  return `${n} worker${n === 1 ? "" : "s"}`;
+}
+
+/**
+ * Worker `slot`'s share of `total` clients over `size` workers: the shares
+ * differ by one at most and add up to `total`, as `--max-conns` promises.
+ */
+export function shareOf(total: number, size: number, slot: number): number {
+  return Math.floor(total / size) + (slot <= total % size ? 1 : 0);
+}
+
+/** The log a pool writes to: a {@linkcode Logger}, or a test's recorder. */
+export type PoolLog = Pick<Logger, "event">;
+
+/** N workers kept at strength: each one that exits is restarted, with backoff. */
+export class Pool<W extends PoolWorker> {
+  /** Resolves once every slot's worker has listened. */
+  readonly ready: Promise<void>;
+  #live = new Map<number, W>();
+  #listening = new Set<W>();
+  #accepting = false;
+  #stopping = false;
+  #wake = new AbortController();
+
+  /**
+   * Starts `size` workers with `start(slot)` (slots 1 to size; a replacement
+   * gets its predecessor's slot; `start` throws if it cannot start one).
+   * `giveUp(reason)` is called once if a slot keeps failing: the pool then
+   * restarts nothing more, and the caller should stop it.
+   */
+  constructor(
+    size: number,
+    readonly start: (slot: number) => W,
+    readonly log: PoolLog,
+    readonly giveUp: (reason: string) => void,
+    readonly policy: RestartPolicy = RESTART,
+  ) {
+    const up = Array.from(
+      { length: size },
+      () => Promise.withResolvers<void>(),
+    );
+    this.ready = Promise.all(up.map(({ promise }) => promise)).then(() => {});
+    up.forEach(({ resolve }, i) => this.#keep(i + 1, resolve));
+  }
+
+  /** The workers running now, in slot order. */
+  get workers(): W[] {
+    return [...this.#live.entries()].sort(([a], [b]) => a - b)
+      .map(([, worker]) => worker);
+  }
+
+  /** The banner is out: every worker accepts now, and every later one at once. */
+  accept(): void {
+    this.#accepting = true;
+    for (const worker of this.#listening) this.#admit(worker);
+  }
+
+  #admit(worker: W): void {
+    this.log.event("worker-listening", `${worker.name} listening`, {
+      ...worker.fields,
+    });
+    worker.accept();
+  }
+
+  /** Runs slot `slot`: starts a worker, and another whenever it exits. */
+  async #keep(slot: number, listenedOnce: () => void): Promise<void> {
+    const backoff = new Backoff(this.policy);
+    while (!this.#stopping) {
+      let worker: W;
+      try {
+        worker = this.start(slot);
+      } catch (error) {
+        return this.#giveUp(
+          `cannot start worker ${slot}: ${(error as Error).message}`,
+        );
+      }
+      const started = performance.now();
+      this.#live.set(slot, worker);
+      const listened = await worker.listening;
+      if (listened) {
+        this.#listening.add(worker);
+        listenedOnce();
+        if (this.#accepting && !this.#stopping) this.#admit(worker);
+      }
+      const exit = await worker.exited;
+      this.#live.delete(slot);
+      this.#listening.delete(worker);
+      if (this.#stopping) return;
+      const delay = backoff.next(listened, performance.now() - started);
+      if (delay === undefined) {
+        return this.#giveUp(
+          exit.error ??
+            `${worker.name} ${exit.text} before listening, ${this.policy.attempts} times in a row`,
+        );
+      }
+      const why = listened
+        ? ""
+        : ` before listening${exit.error ? ` (${exit.error})` : ""}`;
+      this.log.event(
+        "worker-exited",
+        `${worker.name} ${exit.text}${why}; restarting in ${delay} ms`,
+        { ...worker.fields, ...exit.fields, restartMs: delay },
+        true,
+      );
+      await sleep(delay, this.#wake.signal);
+    }
+  }
+
+  #giveUp(reason: string): void {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#wake.abort();
+    this.giveUp(reason);
+  }
+
+  /**
+   * The two-phase stop: every worker stops accepting (one that does not say
+   * so within 10 s is ended), then "stopping" is logged, then each drains for
+   * `grace` seconds; one that overruns by 5 s more is ended. Resolves once
+   * every worker has exited. Nothing is restarted any more.
+   */
+  async stop(reason: string, grace: number): Promise<void> {
+    this.#stopping = true;
+    this.#wake.abort();
+    const workers = this.workers;
+    await Promise.all(workers.map(async (worker) => {
+      // One still starting has no client and was never told to accept.
+      if (!this.#listening.has(worker)) return worker.end();
+      if (!(await within(worker.stopAccepting(), ANSWER_MS))) {
+        worker.end();
+        await worker.exited;
+      }
+    }));
+    this.log.event(
+      "stopping",
+      `stopping (${reason}): ${
+        workerCount(workers.length)
+      } no longer accept; their clients get ${grace} s to finish`,
+      { reason, workers: workers.length, grace },
+      true,
+    );
+    for (const worker of this.#listening) worker.drain(reason);
+    const exited = Promise.all(workers.map((worker) => worker.exited));
+    if (!(await within(exited, grace * 1000 + OVERRUN_MS))) this.end();
+    await exited;
+    this.log.event("stopped", "stopped", {}, true);
+  }
+
+  /** Ends every worker now (a second signal); nothing is restarted any more. */
+  end(): void {
+    this.#stopping = true;
+    this.#wake.abort();
+    for (const worker of this.#live.values()) worker.end();
+  }
+}
+
+/** What {@linkcode supervise} needs to know about a pool. */
+export interface PoolPlan<
+  W extends PoolWorker,
+  A extends Deno.Addr = Deno.NetAddr,
+> {
+  /** The parsed command line. */
+  options: ServerOptions;
+  /** How many workers. */
+  size: number;
+  /** Starts the worker of `slot` on the reserved address; throws if it cannot. */
+  start(slot: number, addr: A): W;
+  /** Banner words after the model's name: `["2 workers"]`. */
+  banner: string[];
+  /** The banner's JSON fields besides model and maxConns: `{ workers: 2 }`. */
+  fields: Record<string, unknown>;
+  /**
+   * Finds the address and holds it while the workers bind; `close` lets go
+   * once they all listen. Default: the TCP port of `options`, held with
+   * SO_REUSEPORT (Linux only: elsewhere, exit 1 with one line). A pool whose
+   * workers share one socket made by the parent (node:cluster) brings its own.
+   */
+  reserve?: (options: ServerOptions) => Promise<{ addr: A; close(): void }>;
+}
+
+/**
+ * Supervises a pool of workers that each accept on the port of `plan.options`
+ * with SO_REUSEPORT: registers the stop signals first (so that no signal can
+ * kill the parent and leave workers behind), reserves the port, starts the
+ * workers, prints the banner (and the `--max-conns` note) once every one
+ * listens, then lets them accept. Resolves with the pool then; it runs until
+ * a signal stops it (exit 0) or a worker keeps failing to start (one line on
+ * stderr, the others stopped, exit 1).
+ */
+export async function supervise<
+  W extends PoolWorker,
+  A extends Deno.Addr = Deno.NetAddr,
+>(plan: PoolPlan<W, A>): Promise<Pool<W>> {
+  const { options } = plan;
+  const log = new Logger(options);
+  let pool: Pool<W> | undefined = undefined; // set once the port is ours
+  let stopping: Promise<void> | undefined;
+  let code = 0;
+  const stop = (reason: string) =>
+    stopping ??= (async () => {
+      await pool?.stop(reason, options.grace);
+      Deno.exit(code);
+    })();
+  onShutdownSignal((signal, count) => count === 1 ? stop(signal) : pool?.end());
+
+  // Without a reserve of its own, A is the default, Deno.NetAddr.
+  const reserve = plan.reserve ??
+    (reservePort as unknown as NonNullable<typeof plan.reserve>);
+  const reserved = await reserve(options);
+  const { addr } = reserved;
+  pool = new Pool(plan.size, (slot) => plan.start(slot, addr), log, (why) => {
+    const prefix = `${options.script}: `;
+    try {
+      console.error(why.startsWith(prefix) ? why : prefix + why);
+    } catch { /* stderr closed */ }
+    code = 1;
+    stop("giving up");
+  });
+  await pool.ready;
+  reserved.close(); // now only the workers accept
+  if (stopping) return await new Promise<never>(() => {}); // exiting
+  log.listening(addr, [options.model, ...plan.banner, `pid ${Deno.pid}`], {
+    model: options.model,
+    maxConns: options.maxConns,
+    ...plan.fields,
+  });
+  if (options.fdCapNote) {
+    log.event("max-conns", options.fdCapNote, {
+      maxConns: options.maxConns,
+    }, true);
+  }
+  pool.accept();
+  return pool;
+}
+
+/**
+ * Why workers cannot share a port on `os`, or undefined when they can:
+ * Deno sets SO_REUSEPORT on Linux only, and ignores `reusePort` elsewhere.
+ */
+export function reusePortMissing(os: string): string | undefined {
+  return os === "linux" ? undefined : `the workers share the port with ` +
+    `SO_REUSEPORT, which Deno offers on Linux only (this is ${os})`;
+}
+
+/**
+ * Finds the port (0 becomes a free one) and holds it while the workers bind
+ * it: first without SO_REUSEPORT, which fails with one line if anybody holds
+ * it (even another reusePort group); then with it, so the workers can join.
+ * A client that connects before the workers listen may be hashed to this
+ * listener and is reset when it closes.
+ */
+async function reservePort(
+  options: ServerOptions,
+): Promise<{ addr: Deno.NetAddr; close(): void }> {
+  const missing = reusePortMissing(Deno.build.os);
+  if (missing) fail(options.script, missing);
+  const probe = await listenOrExit(options);
+  const { hostname, port } = probe.addr as Deno.NetAddr;
+  probe.close();
+  const held = await listenOrExit({ ...options, host: hostname, port }, true);
+  return { addr: held.addr as Deno.NetAddr, close: () => held.close() };
+}
