@@ -28,6 +28,7 @@ import { onShutdownSignal } from "./server.ts";
 import { chart } from "./bench/chart.ts";
 import { markdown } from "./bench/report.ts";
 import { progressLine, runBench } from "./bench/run.ts";
+import { busyWorker, spread } from "./bench/pools.ts";
 import {
   idleClients,
   type Scenario,
@@ -42,7 +43,7 @@ import {
   stopAllServers,
   yardstick,
 } from "./bench/servers.ts";
-import { bareRelay, bareServer } from "./bench/yardsticks.ts";
+import { bareRelay, bareServer, handoff } from "./bench/yardsticks.ts";
 
 /** The rows: the models, and the yardsticks they are measured against. */
 function servers(workers: number): ServerSpec[] {
@@ -53,24 +54,41 @@ function servers(workers: number): ServerSpec[] {
       String(workers),
     ]),
     yardstick("bare-relay", "bare relay", ["--bare-relay"]),
-    model("evented.ts"),
+    yardstick("handoff", "child handed the socket", ["--handoff"]),
+    { ...model("evented.ts"), workers: 1 }, // one event loop: a pool of one
     model("iterative.ts"),
     model("forked.ts"),
     model("threaded.ts"),
-    model("threaded.ts", ["--pool", String(workers)], "threaded-pool"),
-    model("prefork.ts", ["--workers", String(workers)]),
+    ...[
+      model("threaded.ts", ["--pool", String(workers)], "threaded-pool"),
+      model("prefork.ts", ["--workers", String(workers)]),
+      model("cluster.ts", ["--workers", String(workers)], "cluster-shared"),
+      model(
+        "cluster.ts",
+        ["--workers", String(workers), "--schedule", "round-robin"],
+        "cluster-rr",
+      ),
+    ].map((pool) => ({ ...pool, workers })),
     socat("socat-pipe", "PIPE"),
     socat("socat-exec", "EXEC:cat"),
     ncat(),
   ];
 }
 
-/** The columns: what each scenario does to every server. */
-const SCENARIOS: Scenario[] = [
+/** S2's load: many clients at once, each connection held for the run. */
+const MANY_CLIENTS = { connections: 50 };
+/** S4's load: a new connection per request. */
+const NEW_CLIENTS = { connections: 8, newConnection: true };
+
+/** The columns: what each scenario does to every server (S8, S9: to pools). */
+const scenarios = (quick: boolean): Scenario[] => [
   steadyLoad("S1", "latency", "1 connection, 64 B ping-pong", {}),
-  steadyLoad("S2", "many clients", "50 connections, 64 B ping-pong", {
-    connections: 50,
-  }),
+  steadyLoad(
+    "S2",
+    "many clients",
+    "50 connections, 64 B ping-pong",
+    MANY_CLIENTS,
+  ),
   steadyLoad("S3", "bulk", "4 connections, 64 KiB messages", {
     connections: 4,
     size: 64 * 1024,
@@ -79,10 +97,7 @@ const SCENARIOS: Scenario[] = [
     "S4",
     "creation cost",
     "a new connection per request, 8 in parallel",
-    {
-      connections: 8,
-      newConnection: true,
-    },
+    NEW_CLIENTS,
     "connectionsPerSecond",
   ),
   steadyLoad(
@@ -97,12 +112,27 @@ const SCENARIOS: Scenario[] = [
   ),
   idleClients("S6", "memory", "idle clients held, then one active client"),
   secondClient("S7", "waiting", "a second client while the first idles"),
+  spread("S8", "spread", "S2's and S4's loads, every client logged", {
+    S2: MANY_CLIENTS,
+    S4: NEW_CLIENTS,
+  }),
+  busyWorker(
+    "S9",
+    "busy worker",
+    `server --cpu-ms ${busyCpuMs(quick)}, one worker kept busy, new clients`,
+    busyCpuMs(quick),
+  ),
 ];
+
+/** S9's burn per message: long enough to stand out from any other wait. */
+function busyCpuMs(quick: boolean): number {
+  return quick ? 100 : 500;
+}
 
 const CPUS = navigator.hardwareConcurrency;
 const SERVER_NAMES = servers(CPUS).map((spec) => spec.name);
 
-const SCENARIO_LINES = SCENARIOS.map(({ id, title, load }) =>
+const SCENARIO_LINES = scenarios(false).map(({ id, title, load }) =>
   " ".repeat(22) + `${id} ${title}`.padEnd(17) + load
 ).join("\n");
 
@@ -112,20 +142,23 @@ Runs every echo server model, and references, through the same scenarios.
 
   --only NAMES        servers to run, comma-separated (default: all found):
                       models: evented, iterative, forked, threaded,
-                      threaded-pool, prefork; references: bare (the simplest
-                      Deno echo loop), bare-pool (the same on N threads),
-                      bare-relay (a child process per client and nothing
-                      else), socat-pipe, socat-exec, ncat
+                      threaded-pool, prefork, cluster-shared, cluster-rr;
+                      references: bare (the simplest Deno echo loop),
+                      bare-pool (the same on N threads), bare-relay (a child
+                      process per client and nothing else), handoff (a
+                      child per client handed the socket), socat-pipe,
+                      socat-exec, ncat
   --scenarios IDS     scenarios to run, comma-separated (default: all):
 ${SCENARIO_LINES}
   --duration SECONDS  length of each timed run, 0.1 to 600 (default 3)
   --rounds N          run each scenario N times on each server, interleaved,
                       and keep the median, 1 to 99 (default 1; odd N for a
                       true median)
-  --workers N         N of threaded --pool N and prefork --workers N, 1 to 64
-                      (default: the number of CPUs, ${CPUS})
+  --workers N         N of threaded --pool N, prefork and cluster --workers
+                      N, 1 to 64 (default: the number of CPUs, ${CPUS})
   --quick             0.3 s runs, no warm-up, 20 idle clients in S6, a 0.3 s
-                      wait in S7: a smoke test, not a measurement
+                      wait in S7, 3 new clients of 100 ms in S9: a smoke
+                      test, not a measurement
   --json              print the results as one JSON object instead of tables
   --svg FILE          also write a bar chart, one panel per scenario
   --report FILE       also write the tables as a markdown page (with the
@@ -175,10 +208,11 @@ async function parseBenchArgs(args: string[]) {
   const workers = number("workers", 1, 64) ?? CPUS;
   const duration = number("duration", 0.1, 600, false) ?? (quick ? 0.3 : 3);
   const only = list("only", "server", SERVER_NAMES);
-  const ids = list("scenarios", "scenario", SCENARIOS.map((s) => s.id), true);
+  const table = scenarios(quick);
+  const ids = list("scenarios", "scenario", table.map((s) => s.id), true);
   return {
     specs: servers(workers).filter((spec) => only.includes(spec.name)),
-    scenarios: SCENARIOS.filter((scenario) => ids.includes(scenario.id)),
+    scenarios: table.filter((scenario) => ids.includes(scenario.id)),
     settings: {
       duration,
       warmup: quick ? 0 : Math.min(1, duration / 3),
@@ -186,6 +220,7 @@ async function parseBenchArgs(args: string[]) {
       idleClients: quick ? 20 : 1000,
       holdSeconds: quick ? 0.3 : 1,
       waitRepeats: quick ? 1 : 3,
+      busyProbes: quick ? 3 : 9,
       workers,
       quick,
     },
@@ -236,5 +271,7 @@ if (import.meta.main) {
     await bareServer(Math.max(1, Number(Deno.args[1] ?? 1) || 1));
   } else if (Deno.args[0] === "--bare-relay") {
     await bareRelay();
+  } else if (Deno.args[0] === "--handoff") {
+    await handoff();
   } else await main(Deno.args);
 }

@@ -38,7 +38,33 @@ const COLUMNS: Record<string, string> = {
   S5: "requestsPerSecond p99Ms serverCores serverCpuMsPerRequest errors",
   S6: "idleServed rssMiB kbPerIdleClient pssKbPerIdleClient activeP99Ms",
   S7: "firstEchoMs errors",
+  S8: "s2Clients s2SharesPercent s2Range s4Clients s4SharesPercent s4Range",
+  S9: "probesWaited medianWaitMs maxWaitMs errors",
 };
+
+/** A whole number, thousands separated: `1,944`. */
+function count(value: unknown): string {
+  return typeof value === "number" ? value.toLocaleString("en-US") : "–";
+}
+
+/** A share in percent, whole from 10 up: `52`, `3.1`. */
+function percent(share: unknown): string {
+  if (typeof share !== "number") return "–";
+  return share >= 10 ? String(Math.round(share)) : share.toFixed(1);
+}
+
+/** Shares in percent, worker by worker: `52 / 48`. */
+function shares(value: unknown): string {
+  return Array.isArray(value) ? value.map(percent).join(" / ") : "–";
+}
+
+/** The least and the most a worker took in load `key` of S8: `48–52`. */
+function shareRange(key: string): (row: Row) => string {
+  return (row) =>
+    `${percent(row[`${key}MinSharePercent`])}–${
+      percent(row[`${key}MaxSharePercent`])
+    }`;
+}
 
 /** Column titles; and how a cell reads when it is not a row's field as is. */
 const CELLS: Record<string, [title: string, cell?: (row: Row) => string]> = {
@@ -75,6 +101,18 @@ const CELLS: Record<string, [title: string, cell?: (row: Row) => string]> = {
       row.activeRequests === 0 ? "not served" : formatNumber(row.activeP99Ms),
   ],
   firstEchoMs: ["second client's first echo, ms"],
+  s2Clients: ["S2 clients", (row) => count(row.s2Clients)],
+  s2SharesPercent: ["S2 % per worker", (row) => shares(row.s2SharesPercent)],
+  s2Range: ["S2 min–max %", shareRange("s2")],
+  s4Clients: ["S4 clients", (row) => count(row.s4Clients)],
+  s4SharesPercent: ["S4 % per worker", (row) => shares(row.s4SharesPercent)],
+  s4Range: ["S4 min–max %", shareRange("s4")],
+  probesWaited: [
+    "new clients that waited",
+    (row) => `${row.probesWaited} of ${row.probes}`,
+  ],
+  medianWaitMs: ["median wait ms"],
+  maxWaitMs: ["max wait ms"],
 };
 
 /** `args` as a shell would need them typed. */
@@ -111,6 +149,12 @@ export function markdown(result: BenchResult, chart?: string): string {
       ? `${settings.idleClients} idle clients held open plus one active client`
       : scenario.id === "S7"
       ? `a second client while the first holds its connection idle for ${settings.holdSeconds} s (median of ${settings.waitRepeats})`
+      : scenario.id === "S8"
+      ? `S2's and S4's loads, ${settings.duration} s each, on servers that log every client: the share of the clients each worker took (even: ${
+        formatNumber(100 / settings.workers)
+      } % each)`
+      : scenario.id === "S9"
+      ? `servers with --cpu-ms ${scenario.cpuMs}; one client keeps its worker busy, ${settings.busyProbes} new clients one after the other time their first echo: the wait beyond their own ${scenario.cpuMs} ms`
       : scenario.load;
     lines.push(
       "",
@@ -152,6 +196,17 @@ export function markdown(result: BenchResult, chart?: string): string {
     for (const row of scenario.rows) {
       if (typeof row.mismatches === "number" && row.mismatches > 0) {
         lines.push("", `**${row.label}: ${row.mismatches} echoes differed.**`);
+      }
+      const unlogged = Object.keys(row).filter((key) =>
+        key.endsWith("LogComplete") && row[key] === false
+      ).map((key) => key.slice(0, -"LogComplete".length).toUpperCase());
+      if (unlogged.length) {
+        lines.push(
+          "",
+          `**${row.label}: not every client of ${
+            unlogged.join(" and ")
+          }'s load was logged; its shares count those that were.**`,
+        );
       }
     }
   }

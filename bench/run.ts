@@ -39,7 +39,10 @@ function say(progress: Progress, text: string): void {
   console.error(`bench.ts: ${text}`);
 }
 
-/** Runs every scenario on every server that can run here. */
+/**
+ * Runs every scenario on every server that can run here (a scenario for
+ * pools, on those with a fixed set of workers).
+ */
 export async function runBench(
   specs: ServerSpec[],
   scenarios: Scenario[],
@@ -77,15 +80,18 @@ export async function runBench(
   for (const scenario of scenarios) {
     if (
       scenario.id === "S4" &&
-      runnable.some((spec) => /^(forked|threaded)$/.test(spec.name))
+      runnable.some((spec) => /^(forked|threaded|handoff)$/.test(spec.name))
     ) {
       result.references = await referenceRates(settings, progress.show);
     }
+    const measured = runnable.filter((spec) =>
+      !scenario.workersOnly || spec.workers !== undefined
+    );
     // Rounds interleave the servers, so that a busy spell of the machine
     // hits every row alike; each row is the round with the median result.
-    const rounds = runnable.map(() => [] as Row[]);
+    const rounds = measured.map(() => [] as Row[]);
     for (let round = 1; round <= settings.rounds; round++) {
-      for (const [i, spec] of runnable.entries()) {
+      for (const [i, spec] of measured.entries()) {
         if (rounds[i][0]?.note) continue; // what cannot run is not retried
         rounds[i].push(
           await runOnce(spec, scenario, settings, progress, result),
@@ -121,7 +127,7 @@ async function runOnce(
   status("starting");
   let running;
   try {
-    running = await startServer(spec, scenario.cpuMs);
+    running = await startServer(spec, scenario.cpuMs, scenario.verbose);
   } catch (error) {
     row.note = `did not start: ${(error as Error).message}`;
     say(progress, `${spec.name} ${row.note}`);

@@ -1,7 +1,8 @@
 /**
  * The bench's scenarios and how each one is measured on one running server:
  * a steady load through load.ts (S1-S5), idle clients held open (S6), and a
- * second client's wait behind a first one (S7).
+ * second client's wait behind a first one (S7). The pools' own scenarios
+ * (S8, S9) are in pools.ts.
  *
  * @module
  */
@@ -25,6 +26,8 @@ export interface Settings {
   rounds: number;
   /** S7 repetitions (the median is reported). */
   waitRepeats: number;
+  /** S9's new clients, one after the other, beside the busy one. */
+  busyProbes: number;
   /** N of `threaded --pool N` and `prefork --workers N`. */
   workers: number;
   /** A smoke run (`--quick`), not a measurement. */
@@ -63,6 +66,10 @@ export interface Scenario {
   log?: boolean;
   /** The `--cpu-ms` the servers run with (S5): only those that take it. */
   cpuMs?: number;
+  /** Runs only on the servers with a fixed set of workers (S8, S9). */
+  workersOnly?: boolean;
+  /** Starts the servers logging every client (not `--quiet`), to count them. */
+  verbose?: boolean;
   /** Measures `server`, saying what it does through `status`. */
   run(
     server: RunningServer,
@@ -76,6 +83,27 @@ const UNITS: Record<string, string> = {
   mbPerSecond: "MB/s",
   connectionsPerSecond: "connections/s",
 };
+
+/**
+ * load.ts's options for `options` on `server`: 64 B messages on one
+ * connection for the run's duration, unless `options` say otherwise.
+ */
+export function loadOn(
+  server: RunningServer,
+  settings: Settings,
+  options: Partial<LoadOptions>,
+): LoadOptions {
+  return {
+    host: server.host,
+    port: server.port,
+    connections: 1,
+    size: 64,
+    duration: settings.duration,
+    // A client that waits (iterative) shows up as latency, not as an error.
+    timeoutMs: settings.duration * 1000 + 10_000,
+    ...options,
+  };
+}
 
 /**
  * A steady load (load.ts) of `options` on the server, started with
@@ -99,16 +127,7 @@ export function steadyLoad(
     unit: UNITS[metric],
     cpuMs: serverCpuMs,
     async run(server, settings, status) {
-      const base: LoadOptions = {
-        host: server.host,
-        port: server.port,
-        connections: 1,
-        size: 64,
-        duration: settings.duration,
-        // A client that waits (iterative) shows up as latency, not as an error.
-        timeoutMs: settings.duration * 1000 + 10_000,
-        ...options,
-      };
+      const base = loadOn(server, settings, options);
       if (settings.warmup > 0) {
         status("warming up");
         await runLoad({ ...base, duration: settings.warmup });
@@ -341,7 +360,11 @@ async function secondClientWait(
   };
 }
 
-function connectTo(server: RunningServer, ms: number): Promise<Deno.Conn> {
+/** Connects to `server`, or rejects after `ms`. */
+export function connectTo(
+  server: RunningServer,
+  ms: number,
+): Promise<Deno.Conn> {
   return Deno.connect({
     hostname: server.host,
     port: server.port,
@@ -350,7 +373,7 @@ function connectTo(server: RunningServer, ms: number): Promise<Deno.Conn> {
 }
 
 /** Sends `message`, reads its echo within `ms`; true when it matches. */
-async function exchange(
+export async function exchange(
   conn: Deno.Conn,
   message: Uint8Array,
   ms: number,

@@ -28,15 +28,30 @@ export interface ServerSpec {
   script?: string;
   /** A program that must be on PATH. */
   program?: string;
-  /** The command line; `port` is 0 for servers that print a banner. */
-  command(port: number, cpuMs: number, program: string): string[];
+  /**
+   * The command line; `port` is 0 for servers that print a banner; a
+   * `verbose` server logs a line per client (a model without `--quiet`).
+   */
+  command(
+    port: number,
+    cpuMs: number,
+    program: string,
+    verbose: boolean,
+  ): string[];
   /** Prints a `listening on` banner with the real port (Deno scripts do). */
   banner: boolean;
+  /**
+   * The event loops that serve every client, fixed at start: N for a pool,
+   * 1 for evented.ts; absent where each client gets its own, or waits for
+   * the one before. S8 and S9 run only on the servers that have them.
+   */
+  workers?: number;
 }
 
 /**
  * A model of the collection: `SCRIPT 0 --quiet --grace 1 [--cpu-ms N]` plus
- * its own options (`--pool 2`), named `name` (default: the script's).
+ * its own options (`--pool 2`), named `name` (default: the script's); not
+ * `--quiet` when started verbose.
  */
 export function model(
   script: string,
@@ -50,13 +65,13 @@ export function model(
     cpuMs: true,
     script,
     banner: true,
-    command: (_port, cpuMs) => [
+    command: (_port, cpuMs, _program, verbose) => [
       Deno.execPath(),
       "run",
       "-A",
       script,
       "0",
-      "--quiet",
+      ...(verbose ? [] : ["--quiet"]),
       "--grace",
       "1",
       ...options,
@@ -182,6 +197,8 @@ export class RunningServer {
   host = "127.0.0.1";
   /** Its port, once ready. */
   port = 0;
+  /** Called with each line the server prints after its banner, when set. */
+  onLine?: (line: string) => void;
   #child: Deno.ChildProcess;
   #stderr = "";
   #output: Promise<void>;
@@ -282,17 +299,25 @@ export class RunningServer {
   }
 
   async #readStdout(bannerFound: (line: string) => void): Promise<void> {
-    let first = true;
+    let banner: ((line: string) => void) | undefined = bannerFound;
     let partial = "";
     for await (
       const text of this.#child.stdout.pipeThrough(new TextDecoderStream())
     ) {
-      if (!first) continue; // drained, so that a chatty server never blocks
+      // Drained even when nobody reads it, so that a chatty server never
+      // blocks; split into lines only while the banner or `onLine` wants them.
+      if (!banner && !this.onLine) {
+        partial = ""; // a line cut here is not passed on, even in part
+        continue;
+      }
       partial += text;
-      const end = partial.indexOf("\n");
-      if (end >= 0) {
-        first = false;
-        bannerFound(partial.slice(0, end));
+      for (let end; (end = partial.indexOf("\n")) >= 0;) {
+        const line = partial.slice(0, end);
+        partial = partial.slice(end + 1);
+        if (banner) {
+          banner(line);
+          banner = undefined;
+        } else this.onLine?.(line);
       }
     }
   }
@@ -306,14 +331,19 @@ export class RunningServer {
   }
 }
 
-/** Starts `spec` and waits until it accepts connections. */
+/**
+ * Starts `spec` (with `--cpu-ms` when `cpuMs` is set, logging every client
+ * when `verbose`) and waits until it accepts connections.
+ */
 export async function startServer(
   spec: ServerSpec,
   cpuMs = 0,
+  verbose = false,
 ): Promise<RunningServer> {
   const port = spec.banner ? 0 : freePort();
   const program = spec.program ? which(spec.program) ?? spec.program : "";
-  const server = new RunningServer(spec, spec.command(port, cpuMs, program));
+  const argv = spec.command(port, cpuMs, program, verbose);
+  const server = new RunningServer(spec, argv);
   try {
     await server.ready(port);
   } catch (error) {

@@ -83,6 +83,12 @@ function targets(workers: number): {
     },
     {
       target:
+        `S3 handoff / bare, MB/s (a child handed the client's socket, no relay: ${noTarget})`,
+      of: ["S3", "handoff", mbps],
+      over: ["S3", "bare", mbps],
+    },
+    {
+      target:
         `S2 on bare: load CPU / server CPU per request (the floor: ${noTarget})`,
       of: ["S2", "bare", "loadCpuUsPerRequest"],
       over: ["S2", "bare", "serverCpuUsPerRequest"],
@@ -92,6 +98,12 @@ function targets(workers: number): {
       of: ["S4", "forked", rps],
       over: "child starts",
       min: 0.8,
+    },
+    {
+      target:
+        `S4 handoff / Deno child start rate (a node:child_process child per client: ${noTarget})`,
+      of: ["S4", "handoff", rps],
+      over: "child starts",
     },
     {
       target: "S4 threaded / Worker start rate",

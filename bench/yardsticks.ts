@@ -9,13 +9,18 @@
  * - `bench.ts --bare-relay`: forked.ts's design and nothing else: per client,
  *   a child process that connects back to a Unix socket made for it and
  *   echoes over it, and a relay between the two connections. The most a
- *   process per client can move in Deno, which cannot hand the client's
- *   socket to a child.
+ *   process per client can move with Deno's own APIs, which cannot hand the
+ *   client's socket to a child.
+ * - `bench.ts --handoff`: the alternative, which Deno's own APIs cannot do
+ *   but its Node compatibility layer can (Unix, Deno >= 2.8.1): per client,
+ *   a fresh `node:child_process` child handed the client's socket with
+ *   `child.send("socket", socket)`, echoing it with a bare loop; no relay.
  *
  * Each prints the same banner as the models and ends on SIGTERM.
  *
  * @module
  */
+import type { Socket } from "node:net";
 import { spawnChildRole } from "../children.ts";
 import { pipe, relay } from "../relay.ts";
 
@@ -93,41 +98,81 @@ const BARE_RELAY_CHILD = "data:application/javascript," + encodeURIComponent(`
   } catch { /* the parent is gone */ }
 `);
 
-/** Live children of `--bare-relay`: as forked.ts's default --max-conns. */
-const BARE_RELAY_CHILDREN = 64;
+/**
+ * The live children of `--bare-relay` or `--handoff`: at most 64 (as
+ * forked.ts's default --max-conns). On SIGTERM each one is ended and reaped
+ * before the yardstick exits 0: a child orphaned on its way out would stay
+ * a zombie until an init reaps it, which some do only every second or so.
+ */
+class LiveChildren {
+  /** How many may live at once. */
+  static readonly MAX = 64;
+  #ends = new Map<Promise<unknown>, () => void>();
+  #freed = Promise.withResolvers<void>();
+
+  /** Ends the children and runs `cleanup` on SIGTERM, then exits 0. */
+  constructor(cleanup = () => {}) {
+    Deno.addSignalListener("SIGTERM", async () => {
+      for (const end of this.#ends.values()) end();
+      await Promise.all(this.#ends.keys());
+      cleanup();
+      Deno.exit(0);
+    });
+  }
+
+  /** True while as many children live as may. */
+  get full(): boolean {
+    return this.#ends.size >= LiveChildren.MAX;
+  }
+
+  /** Resolves when the next child exits. */
+  get freed(): Promise<void> {
+    return this.#freed.promise;
+  }
+
+  /** Counts a child until `exited` settles; `end` ends it early. */
+  add(exited: Promise<unknown>, end: () => void): void {
+    this.#ends.set(exited, () => {
+      try {
+        end();
+      } catch { /* exited meanwhile */ }
+    });
+    exited.finally(() => {
+      this.#ends.delete(exited);
+      this.#freed.resolve();
+      this.#freed = Promise.withResolvers<void>();
+    });
+  }
+}
 
 /** Runs the bare relay to a child process per client (`--bare-relay`). */
 export async function bareRelay(): Promise<void> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const dir = Deno.makeTempDirSync({ prefix: "bench-relay-" });
-  Deno.addSignalListener("SIGTERM", () => {
+  const children = new LiveChildren(() => {
     Deno.removeSync(dir, { recursive: true });
-    Deno.exit(0);
   });
   console.log(
     `listening on 127.0.0.1:${listener.addr.port} (bare relay, pid ${Deno.pid})`,
   );
-  let clients = 0;
-  let freed = Promise.withResolvers<void>();
   for (let id = 1;; id++) {
-    while (clients >= BARE_RELAY_CHILDREN) await freed.promise;
+    while (children.full) await children.freed;
     let client: Deno.Conn;
     try {
       client = await listener.accept();
     } catch {
       continue; // a client that reset before accept
     }
-    clients++;
-    bareRelayClient(client, `${dir}/${id}.sock`).finally(() => {
-      clients--;
-      freed.resolve();
-      freed = Promise.withResolvers<void>();
-    });
+    bareRelayClient(client, `${dir}/${id}.sock`, children);
   }
 }
 
 /** One client of `--bare-relay`: its child, the link to it, the relay. */
-async function bareRelayClient(client: Deno.Conn, path: string): Promise<void> {
+async function bareRelayClient(
+  client: Deno.Conn,
+  path: string,
+  children: LiveChildren,
+): Promise<void> {
   const listener = Deno.listen({ transport: "unix", path });
   const child = spawnChildRole(BARE_RELAY_CHILD, [path], {
     denoFlags: [
@@ -139,6 +184,7 @@ async function bareRelayClient(client: Deno.Conn, path: string): Promise<void> {
     stdout: "null",
     stderr: "null",
   });
+  children.add(child.status, () => child.kill("SIGKILL"));
   const link = await Promise.race([
     listener.accept(),
     child.status.then(() => null),
@@ -152,6 +198,58 @@ async function bareRelayClient(client: Deno.Conn, path: string): Promise<void> {
   }
   client.close();
   await child.status;
+}
+
+/**
+ * The child of `--handoff`: given the client's socket, it echoes it with
+ * node:net's bare loop (`pipe`: a chunk read is written back, reading pauses
+ * while the client does not read, its EOF ends our side once all is sent),
+ * and exits when the socket closes, or when the parent is gone.
+ */
+const HANDOFF_CHILD = "data:application/javascript," + encodeURIComponent(`
+  process.on("disconnect", () => process.exit(0));
+  process.on("message", (message, socket) => {
+    if (message !== "socket" || !socket) return;
+    socket.on("error", () => {});
+    socket.on("close", () => process.exit(0));
+    socket.pipe(socket);
+  });
+`);
+
+/** Runs the accept-and-hand-off server (`--handoff`). */
+export async function handoff(): Promise<void> {
+  // Loaded here, not by the bare loops' Workers, which share this module.
+  const { fork } = await import("node:child_process");
+  const { createServer } = await import("node:net");
+  const children = new LiveChildren();
+  const waiting: Socket[] = [];
+  const handOff = (socket: Socket) => {
+    if (socket.destroyed) return; // it left while it waited
+    const child = fork(HANDOFF_CHILD, [], {
+      stdio: ["ignore", "ignore", "ignore", "ipc"],
+    });
+    const exited = new Promise((resolve) => child.on("exit", resolve));
+    children.add(exited, () => child.kill("SIGKILL"));
+    exited.then(() => {
+      while (waiting.length && !children.full) handOff(waiting.shift()!);
+    });
+    // Once sent, node:child_process closes the parent's copy of the socket.
+    child.send("socket", socket, (error) => {
+      if (!error) return;
+      socket.destroy();
+      child.kill("SIGKILL");
+    });
+  };
+  // Paused: not a byte is read here, all of them are the child's to read.
+  const server = createServer({ pauseOnConnect: true }, (socket) => {
+    socket.on("error", () => {}); // a reset while it waits
+    if (children.full) waiting.push(socket);
+    else handOff(socket);
+  });
+  server.listen(0, "127.0.0.1", () => {
+    const { port } = server.address() as { port: number };
+    console.log(`listening on 127.0.0.1:${port} (handoff, pid ${Deno.pid})`);
+  });
 }
 
 if (self.name?.startsWith(BARE_WORKER)) {

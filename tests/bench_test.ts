@@ -3,13 +3,16 @@
  * tables and chart, and leaves no process behind. Never asserts speed.
  */
 import assert from "node:assert/strict";
+import { markdown } from "../bench/report.ts";
 import {
   assertNoStackTrace,
+  pattern,
   ROOT,
   roundTripText,
   runScript,
   Script,
   serverTest,
+  streamAndCheck,
 } from "./harness.ts";
 
 interface Proc {
@@ -47,6 +50,105 @@ function startTime(pid: number): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Checks a yardstick with a child per client (`--bare-relay`, `--handoff`):
+ * its banner names it (`name`) and its pid; two clients at once are echoed,
+ * each by a child of its own, which `whileConnected` may look at; once the
+ * clients leave, their children are reaped. Returns the port.
+ */
+async function childPerClient(
+  server: Script,
+  name: string,
+  whileConnected: (
+    port: number,
+    conns: Deno.Conn[],
+    children: Proc[],
+  ) => void | Promise<void>,
+): Promise<number> {
+  const banner = await server.waitForLine(/./, 15_000);
+  const match = banner.match(
+    new RegExp(
+      `^listening on 127\\.0\\.0\\.1:(\\d+) \\(${name}, pid (\\d+)\\)$`,
+    ),
+  );
+  assert.ok(match, banner);
+  assert.equal(Number(match[2]), server.pid);
+  const port = Number(match[1]);
+  const conns = await Promise.all(
+    [1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port })),
+  );
+  try {
+    const echoes = await Promise.all(
+      conns.map((conn, i) => roundTripText(conn, `client ${i}`)),
+    );
+    assert.deepEqual(echoes, ["client 0", "client 1"]);
+    const children = descendants(server.pid);
+    assert.equal(children.length, 2, "a child per client");
+    await whileConnected(port, conns, children);
+  } finally {
+    conns.forEach((conn) => conn.close());
+  }
+  // No event tells when another process's children are reaped: poll, bounded.
+  for (const deadline = performance.now() + 10_000;;) {
+    if (descendants(server.pid).length === 0) break;
+    assert.ok(performance.now() < deadline, "children left");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return port;
+}
+
+/**
+ * Stops a yardstick with a child per client by SIGTERM while a client is
+ * connected: it exits 0, its child ended and reaped first.
+ */
+async function stopWithAClient(server: Script, port: number): Promise<void> {
+  const last = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    assert.equal(await roundTripText(last, "last"), "last");
+    const [child] = descendants(server.pid);
+    server.kill("SIGTERM");
+    const exit = await server.waitForExit(10_000);
+    assert.equal(exit.code, 0, exit.stderr);
+    assert.notEqual(startTime(child.pid), child.start, "the child lives on");
+  } finally {
+    last.close();
+  }
+}
+
+/** A row of bench.ts's JSON. */
+type Row = Record<string, unknown>;
+
+/**
+ * Which of `pids` hold the server's end of the TCP connection from
+ * `clientPort` to `serverPort` (IPv4 loopback), from /proc/net/tcp's inode of
+ * that socket and each process's open descriptors.
+ */
+function socketOwners(
+  pids: number[],
+  serverPort: number,
+  clientPort: number,
+): number[] {
+  const hexPort = (port: number) =>
+    port.toString(16).toUpperCase().padStart(4, "0");
+  const inode = Deno.readTextFileSync("/proc/net/tcp").split("\n")
+    .map((line) => line.trim().split(/\s+/))
+    .find((fields) =>
+      fields[1]?.endsWith(`:${hexPort(serverPort)}`) &&
+      fields[2]?.endsWith(`:${hexPort(clientPort)}`)
+    )?.[9];
+  assert.ok(inode, `no socket from port ${clientPort} to ${serverPort}`);
+  return pids.filter((pid) =>
+    [...Deno.readDirSync(`/proc/${pid}/fd`)].some((fd) => {
+      try {
+        return Deno.readLinkSync(`/proc/${pid}/fd/${fd.name}`) ===
+          `socket:[${inode}]`;
+      } catch {
+        return false; // closed while we looked
+      }
+    })
+  );
 }
 
 /**
@@ -93,8 +195,9 @@ serverTest(
       ]);
       assert.equal(run.code, 0, run.stderr);
       assertNoStackTrace(run.stderr);
-      // A fresh server per scenario and server: fourteen, seen and gone.
-      assert.ok(run.seen >= 14, `saw ${run.seen} of the 14 servers`);
+      // A fresh server per scenario and server: fourteen, and evented's in
+      // S8 and S9 (a pool of one), seen and gone.
+      assert.ok(run.seen >= 16, `saw ${run.seen} of the 16 servers`);
       assert.deepEqual(run.left, [], "processes left behind");
       const result = JSON.parse(run.stdout);
       assert.equal(result.machine.cpus, navigator.hardwareConcurrency);
@@ -104,16 +207,20 @@ serverTest(
         result.servers.map((server: { name: string }) => server.name),
         ["evented", "iterative"],
       );
-      const ids = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
+      const ids = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9"];
       assert.deepEqual(
         result.scenarios.map((scenario: { id: string }) => scenario.id),
         ids,
       );
       const rows: Record<string, Record<string, Record<string, unknown>>> = {};
       for (const scenario of result.scenarios) {
+        // The pools' scenarios run on servers with a fixed set of workers:
+        // evented.ts's one event loop, not iterative.ts's one client at a time.
         assert.deepEqual(
           scenario.rows.map((row: { server: string }) => row.server),
-          ["evented", "iterative"],
+          ["S8", "S9"].includes(scenario.id)
+            ? ["evented"]
+            : ["evented", "iterative"],
         );
         rows[scenario.id] = {};
         for (const row of scenario.rows) {
@@ -154,6 +261,15 @@ serverTest(
       const holdMs = result.settings.holdSeconds * 1000;
       assert.ok(Number(rows.S7.iterative.firstEchoMs) >= holdMs * 0.9);
       assert.equal(typeof rows.S7.evented.firstEchoMs, "number");
+      // S8: one event loop takes every client; S9: behind its busy client,
+      // every new one waits (the wait beyond its own burn: half a burn at
+      // least, however fast the machine).
+      assert.deepEqual(rows.S8.evented.s2SharesPercent, [100]);
+      assert.deepEqual(rows.S8.evented.s4SharesPercent, [100]);
+      const busy = rows.S9.evented;
+      assert.equal(busy.errors, 0);
+      assert.equal(busy.probes, result.settings.busyProbes);
+      assert.equal(busy.probesWaited, busy.probes, `${busy.samplesMs}`);
       // Every target is listed; those whose servers did not run are n/a.
       const ratio = (prefix: string) =>
         result.ratios.find((ratio: { target: string }) =>
@@ -166,9 +282,9 @@ serverTest(
       const chart = await Deno.readTextFile(svg);
       assert.match(chart, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
       assert.match(chart, /<\/svg>\n$/);
-      assert.equal(chart.match(/<g transform=/g)?.length, 7);
+      assert.equal(chart.match(/<g transform=/g)?.length, 9);
       assert.match(chart, />S1 latency</);
-      assert.equal(chart.match(/>evented</g)?.length, 7);
+      assert.equal(chart.match(/>evented</g)?.length, 9);
     } finally {
       await Deno.remove(svg);
     }
@@ -212,7 +328,7 @@ serverTest(
     for (
       const args of [
         ["--only", "nosuch"],
-        ["--scenarios", "S9"],
+        ["--scenarios", "S10"],
         ["--duration", "0"],
         ["--workers", "1.5"],
         ["--svg"],
@@ -430,42 +546,161 @@ serverTest(
 );
 
 serverTest(
-  "bench.ts --bare-relay: a child per client echoes through the relay and is reaped; SIGTERM ends it",
+  "bench.ts --bare-relay: a child per client echoes through the relay and is reaped; SIGTERM ends it and its children",
   async () => {
     await using server = new Script("bench.ts", ["--bare-relay"]);
-    const banner = await server.waitForLine(/./, 15_000);
-    const match = banner.match(
-      /^listening on 127\.0\.0\.1:(\d+) \(bare relay, pid (\d+)\)$/,
-    );
-    assert.ok(match, banner);
-    const port = Number(match[1]);
     let socketDir = "";
-    const conns = await Promise.all(
-      [1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port })),
+    const port = await childPerClient(
+      server,
+      "bare relay",
+      (_port, _conns, children) => {
+        const cmdline = `/proc/${children[0].pid}/cmdline`;
+        const socket = Deno.readTextFileSync(cmdline).split("\0").at(-2)!;
+        socketDir = socket.slice(0, socket.lastIndexOf("/"));
+      },
     );
-    try {
-      const echoes = await Promise.all(
-        conns.map((conn, i) => roundTripText(conn, `client ${i}`)),
-      );
-      assert.deepEqual(echoes, ["client 0", "client 1"]);
-      const children = descendants(server.pid);
-      assert.equal(children.length, 2, "a child per client");
-      const socket = Deno.readTextFileSync(`/proc/${children[0].pid}/cmdline`)
-        .split("\0").at(-2)!;
-      socketDir = socket.slice(0, socket.lastIndexOf("/"));
-    } finally {
-      conns.forEach((conn) => conn.close());
-    }
-    // No event tells when another process's children are reaped: poll, bounded.
-    for (const deadline = performance.now() + 10_000;;) {
-      if (descendants(server.pid).length === 0) break;
-      assert.ok(performance.now() < deadline, "children left");
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    server.kill("SIGTERM");
-    const exit = await server.waitForExit(10_000);
-    assert.equal(exit.code, 0, exit.stderr);
+    await stopWithAClient(server, port);
     assert.match(socketDir, /bench-relay-/);
     assert.throws(() => Deno.statSync(socketDir), Deno.errors.NotFound);
+  },
+);
+
+serverTest(
+  "bench.ts --quick on the pools: cluster in both schedules, S8's shares and S9's waits for every pool, no process left",
+  async () => {
+    const pools = [
+      "threaded-pool",
+      "prefork",
+      "cluster-shared",
+      "cluster-rr",
+    ];
+    const run = await runBench([
+      "--quick",
+      "--only",
+      pools.join(","),
+      "--workers",
+      "2",
+      "--scenarios",
+      "S1,S8,S9",
+      "--json",
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    assertNoStackTrace(run.stderr);
+    assert.deepEqual(run.left, [], "processes left behind");
+    const result = JSON.parse(run.stdout);
+    assert.deepEqual(result.leftovers, []);
+    const [s1, s8, s9] = result.scenarios;
+    // cluster.ts runs like any model, in both schedules.
+    const labels = Object.fromEntries(
+      s1.rows.map((row: Record<string, unknown>) => [row.server, row.label]),
+    );
+    assert.equal(labels["cluster-shared"], "cluster --workers 2");
+    assert.equal(
+      labels["cluster-rr"],
+      "cluster --workers 2 --schedule round-robin",
+    );
+    for (const row of s1.rows) {
+      assert.equal(row.note, undefined, `S1 ${row.server}: ${row.note}`);
+      assert.ok(row.requests > 0, `S1 ${row.server}: no request`);
+      assert.equal(row.mismatches, 0);
+    }
+    // S8: for each pool and load, a share per worker summing to 100 %,
+    // every client of the load counted, min and max among the shares.
+    assert.deepEqual(s8.rows.map((row: Row) => row.server), pools);
+    for (const row of s8.rows as Row[]) {
+      assert.equal(row.note, undefined, `S8 ${row.server}: ${row.note}`);
+      assert.equal(row.workers, 2);
+      for (const load of ["s2", "s4"]) {
+        const what = `S8 ${row.server} ${load}`;
+        const shares = row[`${load}SharesPercent`] as number[];
+        assert.equal(shares.length, 2, what);
+        const sum = shares.reduce((a, b) => a + b, 0);
+        assert.ok(Math.abs(sum - 100) < 1e-9, `${what}: ${shares}`);
+        assert.equal(row[`${load}MinSharePercent`], Math.min(...shares));
+        assert.equal(row[`${load}MaxSharePercent`], Math.max(...shares));
+        assert.equal(row[`${load}LogComplete`], true, what);
+        assert.equal(row[`${load}Errors`], 0, what);
+      }
+      assert.equal(row.s2Clients, 50, "S2's fifty connections");
+      assert.ok(Number(row.s4Clients) > 0);
+      assert.equal(row.mismatches, 0);
+    }
+    // Round-robin deals the clients in turn: within one of even.
+    const rr = s8.rows.find((row: Row) => row.server === "cluster-rr");
+    assert.deepEqual(rr.s2SharesPercent, [50, 50]);
+    const perWorker = rr.s4SharesPercent.map((share: number) =>
+      Math.round(share * rr.s4Clients / 100)
+    );
+    assert.ok(
+      Math.max(...perWorker) - Math.min(...perWorker) <= 1,
+      `${perWorker}`,
+    );
+    // S9: every new client measured, none failed; the waits are beyond
+    // the new client's own burn, so never negative.
+    assert.deepEqual(s9.rows.map((row: Row) => row.server), pools);
+    for (const row of s9.rows as Row[]) {
+      const what = `S9 ${row.server}: ${row.note ?? ""}`;
+      assert.equal(row.note, undefined, what);
+      assert.equal(row.busyCpuMs, s9.cpuMs);
+      assert.equal(row.probes, result.settings.busyProbes, what);
+      const samples = row.samplesMs as number[];
+      assert.equal(samples.length, row.probes, what);
+      assert.ok(samples.every((ms) => ms >= 0), what);
+      assert.equal(row.maxWaitMs, Math.max(...samples));
+      assert.ok(Number(row.medianWaitMs) <= Number(row.maxWaitMs));
+      assert.equal(
+        row.probesWaited,
+        samples.filter((ms) => ms >= s9.cpuMs / 2).length,
+      );
+      assert.equal(row.errors, 0, what);
+      assert.equal(row.mismatches, 0, what);
+    }
+    // The report's tables for them.
+    const page = markdown(result);
+    assert.match(
+      page,
+      /^\| server \| S2 clients \| S2 % per worker \| S2 min–max % \| S4 clients \| S4 % per worker \| S4 min–max % \|$/m,
+    );
+    assert.match(
+      page,
+      /^\| cluster --workers 2 --schedule round-robin \| 50 \| 50 \/ 50 \| 50–50 \| [\d,]+ \| \d+ \/ \d+ \| \d+–\d+ \|$/m,
+    );
+    assert.match(
+      page,
+      /^\| prefork --workers 2 \| \d of 3 \| [\d.,]+ \| [\d.,]+ \| 0 \|$/m,
+    );
+  },
+  { ms: 60_000 },
+);
+
+serverTest(
+  "bench.ts --handoff: each client's socket handed to a child that echoes it byte-exact; no process left",
+  async () => {
+    await using server = new Script("bench.ts", ["--handoff"]);
+    const port = await childPerClient(
+      server,
+      "handoff",
+      async (port, conns, children) => {
+        // Each child holds its client's socket itself: the parent, which
+        // accepted them, holds none of them any more.
+        const pids = children.map((child) => child.pid);
+        const owners = conns.map((conn) =>
+          socketOwners(
+            [server.pid, ...pids],
+            port,
+            (conn.localAddr as Deno.NetAddr).port,
+          )
+        );
+        assert.deepEqual(owners.flat().sort(), pids.sort(), `${owners}`);
+        // 4 MiB in, half-closed: every byte back, in order, then the close.
+        const big = await Deno.connect({ hostname: "127.0.0.1", port });
+        try {
+          await streamAndCheck(big, pattern(4 * 1024 * 1024, 7));
+        } finally {
+          big.close();
+        }
+      },
+    );
+    await stopWithAClient(server, port);
   },
 );
