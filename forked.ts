@@ -7,7 +7,7 @@
  * exit. A child that crashes, leaks or burns CPU harms only its own client,
  * and clients use every core; the price is a process start (~25 ms) and a
  * process per client: fine for tens of clients, not tens of thousands. Deno
- * cannot fork() nor hand a socket to a child: the parent relays the bytes.
+ * cannot fork(), and no socket reaches a sandboxed child: the parent relays.
  *
  * Run:  deno run -A forked.ts 8080
  *       deno run -A forked.ts 8080 --exec "tr a-z A-Z"   (inetd: CMD per client)

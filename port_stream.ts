@@ -1,6 +1,6 @@
 /**
  * A byte stream over a MessagePort, with backpressure: how two threads move a
- * client's bytes when the socket cannot move (Deno cannot hand a socket to a
+ * client's bytes when the socket cannot move (no Deno API hands a socket to a
  * Worker). Each side has at most 8 buffers of 64 KiB in flight towards the
  * other: a buffer is transferred (moved, not copied) with the bytes, and the
  * reader sends it back once it has used them; that return is the credit to

@@ -8,9 +8,9 @@
  * to start, clients run on every core, and a crash is confined to one
  * worker's clients. The price is N processes' memory whether clients come or
  * not, and each worker is one event loop: a client that burns CPU stalls the
- * other clients of its worker. Deno can neither fork nor share a socket, so
- * each worker binds the port itself with SO_REUSEPORT (Linux) and the kernel
- * hashes each connection to one of them. More in docs/models/prefork.md.
+ * other clients of its worker. Deno's own APIs can neither fork nor share a
+ * socket (cluster.ts uses its Node layer), so each worker binds the port with
+ * SO_REUSEPORT (Linux) and the kernel hashes each connection to one of them. More in docs/models/prefork.md.
  *
  * Run:  deno run -A prefork.ts 8080 --workers 4
  * Try:  `nc 127.0.0.1 8080` a few times: the log names the worker (and its
