@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertPoolStopsOn,
   assertThirdClientWaits,
   childrenOf,
   eventually,
@@ -206,26 +207,7 @@ for (const schedule of SCHEDULES) {
           );
           const tree = await processTree(server.pid);
           assert.equal(tree.length, 3, "a primary and two workers");
-          const clients = await Promise.all(
-            Array.from({ length: 4 }, () => server.connect()),
-          );
-          for (const conn of clients) {
-            assert.equal(await roundTripText(conn, "before"), "before");
-          }
-          const from = server.lines.length;
-          server.kill(signal);
-          assert.match(
-            await server.waitForLine(/stopping/, 10_000, from),
-            new RegExp(`^\\[pid ${server.pid}\\] stopping \\(${signal}\\)`),
-          );
-          await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
-          for (const conn of clients) {
-            assert.equal(await roundTripText(conn, "during"), "during");
-            conn.close();
-          }
-          const exit = await server.waitForExit(); // long before the grace
-          assert.equal(exit.code, 0, exit.stderr);
-          assert.equal(exit.signal, null);
+          await assertPoolStopsOn(server, signal);
           for (const pid of tree) {
             assert.equal(await processState(pid), undefined, `pid ${pid} left`);
           }

@@ -510,11 +510,12 @@ export async function talkAtOnce(
  * For a server started with `--max-conns 2`: two clients are served, a third
  * one is connected (in the backlog) but gets no echo until one of the first
  * two leaves. `whileWaiting` runs while the third waits (to count children or
- * workers, say).
+ * workers, say), `onceServed` once the third has been served.
  */
 export async function assertThirdClientWaits(
   server: Server,
   whileWaiting?: () => Promise<void>,
+  onceServed?: () => Promise<void>,
 ): Promise<void> {
   using first = await server.connect();
   using second = await server.connect();
@@ -531,6 +532,7 @@ export async function assertThirdClientWaits(
   await whileWaiting?.();
   first.close();
   assert.equal(await thirdEcho, "3");
+  await onceServed?.(); // the first client's resources, say, are gone by now
 }
 
 /** Resolves with the process's resident set size, in KiB (Linux /proc). */
@@ -644,4 +646,37 @@ export async function assertServedBeyondFdLimit(
   assert.equal(await roundTripText(last, "alive\n"), "alive\n");
   assert.doesNotMatch(server.stderr, /panic/i);
   return fits;
+}
+
+/**
+ * A pool's two-phase stop, seen from outside: with `count` clients connected,
+ * `signal` makes the parent log "stopping (SIGNAL)" only once no worker
+ * accepts (the next connect is refused), the clients still get their echoes,
+ * and the pool exits 0, long before its grace period is over.
+ */
+export async function assertPoolStopsOn(
+  server: Server,
+  signal: Deno.Signal,
+  count = 4,
+): Promise<void> {
+  const clients = await Promise.all(
+    Array.from({ length: count }, () => server.connect()),
+  );
+  for (const conn of clients) {
+    assert.equal(await roundTripText(conn, "before"), "before");
+  }
+  const from = server.lines.length;
+  server.kill(signal);
+  assert.match(
+    await server.waitForLine(/stopping/, 10_000, from),
+    new RegExp(`^\\[pid ${server.pid}\\] stopping \\(${signal}\\)`),
+  );
+  await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
+  for (const conn of clients) {
+    assert.equal(await roundTripText(conn, "during"), "during");
+    conn.close();
+  }
+  const exit = await server.waitForExit();
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.equal(exit.signal, null);
 }

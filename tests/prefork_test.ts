@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertPoolStopsOn,
   assertServedBeyondFdLimit,
   childrenOf,
   eventually,
@@ -188,27 +189,7 @@ serverTest(
         "--grace",
         "20",
       ]);
-      const clients = await Promise.all(
-        Array.from({ length: 4 }, () => server.connect()),
-      );
-      for (const conn of clients) {
-        assert.equal(await roundTripText(conn, "before"), "before");
-      }
-      const from = server.lines.length;
-      server.kill(signal);
-      // The supervisor says "stopping" once no worker accepts any more.
-      assert.match(
-        await server.waitForLine(/stopping/, 10_000, from),
-        new RegExp(`^\\[pid ${server.pid}\\] stopping \\(${signal}\\)`),
-      );
-      await assert.rejects(server.connect(), Deno.errors.ConnectionRefused);
-      for (const conn of clients) {
-        assert.equal(await roundTripText(conn, "during"), "during");
-        conn.close();
-      }
-      const exit = await server.waitForExit(); // long before the 20 s grace
-      assert.equal(exit.code, 0, exit.stderr);
-      assert.equal(exit.signal, null);
+      await assertPoolStopsOn(server, signal);
       for (const pid of loggedWorkers(server)) {
         assert.equal(await processState(pid), undefined, `worker ${pid} left`);
       }
