@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertOrphansDrain,
   assertPoolStopsOn,
   assertThirdClientWaits,
   childrenOf,
@@ -44,15 +45,6 @@ async function shortClients(server: Server, count: number): Promise<void> {
   for (let i = 0; i < count; i++) {
     using conn = await server.connect();
     assert.equal(await roundTripText(conn, `${i}`), `${i}`);
-  }
-}
-
-async function refuses(port: number): Promise<boolean> {
-  try {
-    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-    return false;
-  } catch (error) {
-    return error instanceof Deno.errors.ConnectionRefused;
   }
 }
 
@@ -256,21 +248,7 @@ for (const schedule of SCHEDULES) {
       using client = await server.connect();
       assert.equal(await roundTripText(client, "before"), "before");
       server.kill("SIGKILL"); // its workers hold its stdout: no wait for that
-      await eventually(
-        () => refuses(server.port),
-        5000,
-        "the port to refuse",
-      );
-      assert.equal(await roundTripText(client, "orphaned"), "orphaned");
-      client.close();
-      await eventually(
-        async () =>
-          (await Promise.all(workers.map(processState))).every((state) =>
-            state === undefined || state === "Z"
-          ),
-        10_000,
-        "the workers to exit",
-      );
+      await assertOrphansDrain(server.port, client, workers);
     },
   );
 }

@@ -680,3 +680,36 @@ export async function assertPoolStopsOn(
   assert.equal(exit.code, 0, exit.stderr);
   assert.equal(exit.signal, null);
 }
+
+/** True when nothing listens on 127.0.0.1:`port` any more. */
+export async function refuses(port: number): Promise<boolean> {
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.ConnectionRefused;
+  }
+}
+
+/**
+ * After a pool's parent was SIGKILLed: its orphaned `workers` stop accepting
+ * at once, still serve `client`, and exit once it leaves (reparented, they
+ * may linger as zombies of pid 1, which hold no socket).
+ */
+export async function assertOrphansDrain(
+  port: number,
+  client: Deno.Conn,
+  workers: number[],
+): Promise<void> {
+  await eventually(() => refuses(port), 5000, "the port to refuse");
+  assert.equal(await roundTripText(client, "orphaned"), "orphaned");
+  client.close();
+  await eventually(
+    async () =>
+      (await Promise.all(workers.map(processState))).every((state) =>
+        state === undefined || state === "Z"
+      ),
+    10_000,
+    "the workers to exit",
+  );
+}

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertOrphansDrain,
   assertPoolStopsOn,
   assertServedBeyondFdLimit,
   childrenOf,
   eventually,
   processState,
+  refuses,
   roundTripText,
   Script,
   type Server,
@@ -49,15 +51,6 @@ function loggedWorkers(server: Script): number[] {
     const match = line.match(/worker \d+ \(pid (\d+)\) listening/);
     return match ? [Number(match[1])] : [];
   });
-}
-
-async function refuses(port: number): Promise<boolean> {
-  try {
-    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-    return false;
-  } catch (error) {
-    return error instanceof Deno.errors.ConnectionRefused;
-  }
 }
 
 function freePort(): number {
@@ -328,21 +321,9 @@ serverTest(
     assert.equal(await roundTripText(client, "before"), "before");
     server.kill("SIGKILL");
     await server.exited;
-    // The workers read EOF on stdin: they stop accepting at once...
-    await eventually(() => refuses(server.port), 5000, "the port to refuse");
-    // ...serve their clients until done (or the grace period ends)...
-    assert.equal(await roundTripText(client, "orphaned"), "orphaned");
-    client.close();
-    // ...and exit. (Reparented, they are reaped by whoever is pid 1 here; a
-    // zombie holds no socket.)
-    await eventually(
-      async () =>
-        (await Promise.all(workers.map(processState))).every((state) =>
-          state === undefined || state === "Z"
-        ),
-      10_000,
-      "the workers to exit",
-    );
+    // The workers read EOF on stdin: they stop accepting, serve their
+    // clients until done, and exit.
+    await assertOrphansDrain(server.port, client, workers);
   },
 );
 
