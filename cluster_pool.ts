@@ -36,6 +36,20 @@ function listenOn(server: Server, address: Address): Promise<void> {
   });
 }
 
+/**
+ * Makes `listener` accept again. Out of file descriptors, Deno 2.9.6's
+ * node:net stops accepting for good, with no error (a lone node:net server
+ * under `ulimit -n 64` and 144 clients at once: 40 served, then none). Its
+ * libuv port re-arms the accept on a second listen(): the clients waiting in
+ * the backlog are then served (144 of 144). So whoever held more clients than
+ * fit calls this as each one leaves.
+ */
+function rearmAccept(listener: Server | undefined): void {
+  const handle = (listener as { _handle?: { listen?(backlog: number): void } })
+    ?._handle;
+  handle?.listen?.(511); // node:net's default backlog
+}
+
 /** What a worker learns from the environment variable {@linkcode ROLE}. */
 interface Role {
   slot: number;
@@ -69,7 +83,7 @@ export class ClusterWorker {
     this.server = new NodeEchoServer(options, this.#role.slot, () => {
       if (!this.#listener) this.#tell("closed"); // the primary deals: it counts
       const next = this.#waiting.shift();
-      if (next) this.serve(next);
+      if (next) this.serve(next), rearmAccept(this.#listener);
     });
     process.on("message", (word, socket?: Socket) => {
       if (word === "client") this.serve(socket!);
@@ -183,6 +197,7 @@ export class ClusterPool {
   #members: (Member | undefined)[] = [];
   #waiting: Socket[] = []; // accepted, unread: no worker has room yet
   #acceptor?: Server;
+  #spare?: Deno.FsFile; // a descriptor kept for passing sockets on
   #addr?: Deno.Addr;
   #turn = 0;
   #listened = new Set<number>(); // the slots whose worker has listened
@@ -220,6 +235,7 @@ export class ClusterPool {
       .catch((why) => fail(this.options.script, why));
     acceptor.on("error", (error) => this.log.error(`accept: ${error}`));
     this.#acceptor = acceptor;
+    this.#keepSpare();
   }
 
   #address(): Address {
@@ -243,12 +259,41 @@ export class ClusterPool {
     for (let i = 0; i < this.size && !this.#stopping; i++) {
       const member = this.#members[this.#turn++ % this.size];
       if (member?.accepting && member.clients < member.share) {
-        member.clients++;
-        return void member.worker.send("client", socket);
+        if (this.#handOver(member, socket)) return;
+        break; // no descriptor to pass it with: it waits for one
       }
     }
     if (this.#stopping) socket.destroy();
     else this.#waiting.push(socket);
+  }
+
+  /**
+   * Sends `socket` to `member`. Sending takes a descriptor for a moment (a
+   * copy of the socket's), and one that fails is lost to nobody: so the
+   * primary keeps one spare, lets the send use it, and takes it back once it
+   * can (then it deals again). Accepting out of descriptors would otherwise
+   * leave none to send with.
+   */
+  #handOver(member: Member, socket: Socket): boolean {
+    this.#spare?.close();
+    this.#spare = undefined;
+    try {
+      member.worker.send("client", socket, undefined, () => this.#feed());
+      member.clients++;
+      return true;
+    } catch {
+      return false; // EMFILE: node:net says "This handle type cannot be sent"
+    } finally {
+      this.#keepSpare();
+    }
+  }
+
+  /** Takes the spare descriptor back; accepts again once nobody waits. */
+  #keepSpare(): void {
+    try {
+      this.#spare ??= Deno.openSync("/dev/null");
+    } catch { /* still out of descriptors: the next send frees some */ }
+    if (this.#spare && this.#waiting.length === 0) rearmAccept(this.#acceptor);
   }
 
   /** Runs a worker in `slot`, and another when it exits, until the stop. */
@@ -309,9 +354,11 @@ export class ClusterPool {
     });
   }
 
-  /** Deals the waiting clients to workers that have room now. */
+  /** Deals the waiting clients, in order, to workers that have room now. */
   #feed(): void {
-    this.#waiting.splice(0).forEach((socket) => this.deal(socket));
+    const waiting = this.#waiting.splice(0);
+    waiting.forEach((socket) => this.deal(socket));
+    this.#keepSpare();
   }
 
   #admit(member: Member): void {
