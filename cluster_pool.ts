@@ -15,6 +15,7 @@ import { fail, type ServerOptions } from "./cli.ts";
 import { bindErrorText, listenOrExit } from "./listen.ts";
 import * as log from "./log.ts";
 import { onShutdownSignal } from "./server.ts";
+import { Backoff } from "./supervisor.ts";
 import { NodeEchoServer } from "./node_server.ts";
 import { sleep, within } from "./time.ts";
 
@@ -297,7 +298,7 @@ export class ClusterPool {
   }
 
   /** Runs a worker in `slot`, and another when it exits, until the stop. */
-  #keep(slot: number, delay = 100, failedStarts = 0): void {
+  #keep(slot: number, backoff = new Backoff()): void {
     const { options: { maxConns }, size } = this;
     const started = performance.now();
     // The shares differ by one at most and add up to --max-conns.
@@ -314,7 +315,7 @@ export class ClusterPool {
         this.#feed();
       }
       if (word === "listening" && !this.#stopping) {
-        [listened, failedStarts] = [true, 0];
+        listened = true;
         this.#listened.add(slot);
         if (this.#bannered) this.#admit(member);
         else if (this.#listened.size === size) this.#printBanner();
@@ -332,12 +333,13 @@ export class ClusterPool {
         { success: false, code: code ?? 1, signal: signal as Deno.Signal },
         ran,
       );
-      if (!listened && ++failedStarts === 5) {
+      const delay = backoff.next(listened, ran);
+      if (delay === undefined) {
+        const times = `${backoff.policy.attempts} times in a row`;
         return this.#giveUp(
-          error ?? `${member.name} ${text} before listening, 5 times in a row`,
+          error ?? `${member.name} ${text} before listening, ${times}`,
         );
       }
-      if (listened && ran >= 10_000) delay = 100;
       const why = listened
         ? ""
         : ` before listening${error ? ` (${error})` : ""}`;
@@ -349,7 +351,7 @@ export class ClusterPool {
       );
       sleep(delay, this.#restarts.signal).then(() => {
         if (this.#stopping) return;
-        this.#keep(slot, Math.min(5_000, delay * 2), failedStarts);
+        this.#keep(slot, backoff);
       });
     });
   }
