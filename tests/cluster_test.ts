@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertCtrlCDrains,
   assertOrphansDrain,
   assertPoolStopsOn,
   assertServedBeyondFdLimit,
@@ -10,6 +11,7 @@ import {
   processState,
   processTree,
   roundTripText,
+  servedBy,
   type Server,
   serverTest,
   settlesWithin,
@@ -32,13 +34,6 @@ function servers(server: Server, event: "connected" | "closed"): number[] {
     );
     return match ? [Number(match[1])] : [];
   });
-}
-
-/** Which worker (pid) served `conn`, from its "connected" line. */
-async function servedBy(server: Server, conn: Deno.Conn): Promise<number> {
-  const port = (conn.localAddr as Deno.NetAddr).port;
-  const line = await server.waitForLine(new RegExp(`:${port} connected`));
-  return Number(line.match(/^\[pid (\d+) worker \d+\]/)![1]);
 }
 
 /** Connects, echoes once, leaves; `count` times, one after the other. */
@@ -217,26 +212,8 @@ for (const schedule of SCHEDULES) {
 
   serverTest(
     `cluster.ts ${schedule}: a Ctrl-C at the terminal (SIGINT to the whole process group) drains like SIGINT to the primary`,
-    async () => {
-      await using server = await startServer(
-        "cluster.ts",
-        pool(schedule, "--grace", "20"),
-        { detached: true }, // its own process group, as a shell's job
-      );
-      const clients = await Promise.all([server.connect(), server.connect()]);
-      for (const conn of clients) {
-        assert.equal(await roundTripText(conn, "before"), "before");
-      }
-      Deno.kill(-server.pid, "SIGINT");
-      await server.waitForLine(/stopping/);
-      for (const conn of clients) {
-        assert.equal(await roundTripText(conn, "during"), "during");
-        conn.close();
-      }
-      const exit = await server.waitForExit();
-      assert.equal(exit.code, 0, exit.stderr);
-      assert.doesNotMatch(server.lines.join("\n"), /killed by|restarting/);
-    },
+    () =>
+      assertCtrlCDrains("cluster.ts", pool(schedule), /killed by|restarting/),
   );
 
   serverTest(

@@ -731,16 +731,22 @@ serverTest(
   },
 );
 
+/** forked.ts with TMPDIR `tmp`, once 16 clients at once have their children. */
+async function startedMidBurst(tmp: string) {
+  const server = await withTmpdir(tmp, () => startServer("forked.ts"));
+  const conns = await Promise.all(
+    Array.from({ length: 16 }, () => server.connect()),
+  );
+  await server.waitForLines(/#\d+ spawned child/, 16);
+  return { server, conns };
+}
+
 serverTest(
   "forked.ts killed with SIGKILL during a burst of connects: its watchdog removes its socket directory and ends its children",
   async () => {
     const tmp = await Deno.makeTempDir({ prefix: "forked-test-" });
     try {
-      const server = await withTmpdir(tmp, () => startServer("forked.ts"));
-      const conns = await Promise.all(
-        Array.from({ length: 16 }, () => server.connect()),
-      );
-      await server.waitForLines(/#\d+ spawned child/, 16);
+      const { server, conns } = await startedMidBurst(tmp);
       const [dir] = await Array.fromAsync(Deno.readDir(tmp));
       assert.match(dir.name, new RegExp(`^forked-${server.pid}-`));
       // Children still starting: their sockets wait for them to connect.
@@ -765,11 +771,7 @@ serverTest(
   async () => {
     const tmp = await Deno.makeTempDir({ prefix: "forked-test-" });
     try {
-      const dead = await withTmpdir(tmp, () => startServer("forked.ts"));
-      const conns = await Promise.all(
-        Array.from({ length: 16 }, () => dead.connect()),
-      );
-      await dead.waitForLines(/#\d+ spawned child/, 16);
+      const { server: dead, conns } = await startedMidBurst(tmp);
       Deno.kill(await watchdogOf(dead.pid), "SIGKILL");
       dead.kill("SIGKILL");
       await dead.exited;

@@ -649,6 +649,45 @@ export async function assertServedBeyondFdLimit(
 }
 
 /**
+ * A Ctrl-C at the terminal: SIGINT to the whole process group of a pool run
+ * as a shell's job (its own group) drains as SIGINT to the parent does: the
+ * connected clients keep their echoes, it exits 0, and no line matches
+ * `unexpected` (a worker killed or restarted).
+ */
+export async function assertCtrlCDrains(
+  script: string,
+  args: string[],
+  unexpected: RegExp,
+): Promise<void> {
+  await using server = await startServer(script, [...args, "--grace", "20"], {
+    detached: true,
+  });
+  const clients = await Promise.all([server.connect(), server.connect()]);
+  for (const conn of clients) {
+    assert.equal(await roundTripText(conn, "before"), "before");
+  }
+  Deno.kill(-server.pid, "SIGINT");
+  await server.waitForLine(/stopping/);
+  for (const conn of clients) {
+    assert.equal(await roundTripText(conn, "during"), "during");
+    conn.close();
+  }
+  const exit = await server.waitForExit();
+  assert.equal(exit.code, 0, exit.stderr);
+  assert.doesNotMatch(server.lines.join("\n"), unexpected);
+}
+
+/** The pid of the pool worker that served `conn`, from its "connected" line. */
+export async function servedBy(
+  server: Server,
+  conn: Deno.Conn,
+): Promise<number> {
+  const port = (conn.localAddr as Deno.NetAddr).port;
+  const line = await server.waitForLine(new RegExp(`:${port} connected`));
+  return Number(line.match(/^\[pid (\d+) worker \d+\]/)![1]);
+}
+
+/**
  * A pool's two-phase stop, seen from outside: with `count` clients connected,
  * `signal` makes the parent log "stopping (SIGNAL)" only once no worker
  * accepts (the next connect is refused), the clients still get their echoes,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
+  assertCtrlCDrains,
   assertOrphansDrain,
   assertPoolStopsOn,
   assertServedBeyondFdLimit,
@@ -10,7 +11,7 @@ import {
   refuses,
   roundTripText,
   Script,
-  type Server,
+  servedBy,
   serverTest,
   settlesWithin,
   startServer,
@@ -58,14 +59,6 @@ function freePort(): number {
   return listener.addr.port;
 }
 
-/** Which worker served `conn`, from its "connected" log line. */
-async function servedBy(server: Server, conn: Deno.Conn): Promise<string> {
-  const line = await server.waitForLine(
-    new RegExp(`:${(conn.localAddr as Deno.NetAddr).port} connected`),
-  );
-  return line.match(/^\[pid (\d+) worker \d+\]/)![1];
-}
-
 echoServerConformance("prefork.ts", {
   args: TWO,
   concurrent: true,
@@ -111,7 +104,7 @@ serverTest(
     ]);
     // Connect until each worker has two clients: where a connection goes is
     // the kernel's hash, not our choice.
-    const byWorker = new Map<string, Deno.Conn[]>();
+    const byWorker = new Map<number, Deno.Conn[]>();
     const conns: Deno.Conn[] = [];
     try {
       while (
@@ -221,26 +214,7 @@ serverTest(
 
 serverTest(
   "prefork.ts: a Ctrl-C at the terminal (SIGINT to the process group) drains like SIGINT to the parent",
-  async () => {
-    await using server = await startServer(
-      "prefork.ts",
-      [...TWO, "--grace", "20"],
-      { detached: true }, // its own process group, as a shell's job
-    );
-    const clients = await Promise.all([server.connect(), server.connect()]);
-    for (const conn of clients) {
-      assert.equal(await roundTripText(conn, "before"), "before");
-    }
-    Deno.kill(-server.pid, "SIGINT");
-    await server.waitForLine(/stopping/);
-    for (const conn of clients) {
-      assert.equal(await roundTripText(conn, "during"), "during");
-      conn.close();
-    }
-    const exit = await server.waitForExit();
-    assert.equal(exit.code, 0, exit.stderr);
-    assert.doesNotMatch(server.lines.join("\n"), /killed by/);
-  },
+  () => assertCtrlCDrains("prefork.ts", TWO, /killed by/),
 );
 
 serverTest(
@@ -265,14 +239,14 @@ serverTest(
     );
     assert.equal(await processState(victim), undefined, "victim not reaped");
     // Both serve: enough connections that each worker gets some.
-    const served = new Set<string>();
+    const served = new Set<number>();
     for (let i = 0; i < 20; i++) {
       using conn = await server.connect();
       assert.equal(await roundTripText(conn, `${i}`), `${i}`);
       served.add(await servedBy(server, conn));
     }
     assert.deepEqual(
-      [...served].map(Number).sort((a, b) => a - b),
+      [...served].sort((a, b) => a - b),
       [survivor, replacement].sort((a, b) => a - b),
     );
   },
