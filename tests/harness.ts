@@ -677,6 +677,35 @@ export async function assertCtrlCDrains(
   assert.doesNotMatch(server.lines.join("\n"), unexpected);
 }
 
+/**
+ * After a SIGKILL of pool worker `victim`: the parent logs it with "restarting
+ * in", a replacement listens, the workers are then `survivor` and it, and the
+ * victim is reaped, each line within `ms`. Resolves with the replacement's pid.
+ */
+export async function replacementOf(
+  server: Server,
+  victim: number,
+  survivor: number,
+  ms = 10_000,
+): Promise<number> {
+  const restarting = await server.waitForLine(
+    new RegExp(`\\(pid ${victim}\\) killed by SIGKILL .*; restarting in`),
+    ms,
+  );
+  const listening = await server.waitForLine(
+    /\) listening$/,
+    ms,
+    server.lines.indexOf(restarting),
+  );
+  const replacement = Number(listening.match(/\(pid (\d+)\)/)![1]);
+  assert.deepEqual(
+    await childrenOf(server.pid),
+    [survivor, replacement].sort((a, b) => a - b),
+  );
+  assert.equal(await processState(victim), undefined, "victim not reaped");
+  return replacement;
+}
+
 /** The pid of the pool worker that served `conn`, from its "connected" line. */
 export async function servedBy(
   server: Server,

@@ -9,6 +9,7 @@ import {
   eventually,
   processState,
   refuses,
+  replacementOf,
   roundTripText,
   Script,
   servedBy,
@@ -223,21 +224,7 @@ serverTest(
     await using server = await startServer("prefork.ts", TWO);
     const [victim, survivor] = await childrenOf(server.pid);
     Deno.kill(victim, "SIGKILL");
-    const restarting = await server.waitForLine(
-      new RegExp(`\\(pid ${victim}\\) killed by SIGKILL .*; restarting in`),
-      5000,
-    );
-    const listening = await server.waitForLine(
-      /\) listening$/,
-      5000,
-      server.lines.indexOf(restarting),
-    );
-    const replacement = Number(listening.match(/\(pid (\d+)\)/)![1]);
-    assert.deepEqual(
-      await childrenOf(server.pid),
-      [survivor, replacement].sort((a, b) => a - b),
-    );
-    assert.equal(await processState(victim), undefined, "victim not reaped");
+    const replacement = await replacementOf(server, victim, survivor, 5000);
     // Both serve: enough connections that each worker gets some.
     const served = new Set<number>();
     for (let i = 0; i < 20; i++) {
