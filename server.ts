@@ -8,8 +8,6 @@
  */
 import type { ServerOptions } from "./cli.ts";
 import { listenOrExit } from "./listen.ts";
-// TODO(lead): remove once prefork.ts/threaded.ts import listen.ts directly.
-export { bindErrorText, listenOrExit } from "./listen.ts";
 import { formatAddr, formatBytes, formatMs, Logger, type Who } from "./log.ts";
 import { type Counters, echo } from "./protocol.ts";
 import { sleep, within } from "./time.ts";
