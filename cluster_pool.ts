@@ -144,7 +144,9 @@ export class ClusterWorker {
   }
 
   #tell(word: unknown): void {
-    if (process.connected) process.send!(word);
+    try {
+      if (process.connected) process.send!(word);
+    } catch { /* the primary is gone: the lifeline drains us */ }
   }
 
   #stopAccepting(): void {
@@ -181,7 +183,9 @@ class Member {
 
   /** Sends a word, unless the worker is gone. */
   send(word: string): void {
-    if (this.worker.isConnected()) this.worker.send(word);
+    try {
+      if (this.worker.isConnected()) this.worker.send(word);
+    } catch { /* it exited just now (a broken pipe): its exit is handled */ }
   }
 }
 
