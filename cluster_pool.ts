@@ -273,11 +273,11 @@ export class ClusterPool {
   }
 
   /**
-   * Sends `socket` to `member`. Sending takes a descriptor for a moment (a
-   * copy of the socket's), and one that fails is lost to nobody: so the
-   * primary keeps one spare, lets the send use it, and takes it back once it
-   * can (then it deals again). Accepting out of descriptors would otherwise
-   * leave none to send with.
+   * Sends `socket` to `member`; false if it could not (the socket stays
+   * here). A send takes a descriptor for a moment (a copy of the socket's),
+   * and a primary that accepted up to its limit would have none: so it keeps
+   * one spare, frees it for each send, and takes it back after (then deals
+   * again).
    */
   #handOver(member: Member, socket: Socket): boolean {
     this.#spare?.close();
@@ -362,8 +362,7 @@ export class ClusterPool {
 
   /** Deals the waiting clients, in order, to workers that have room now. */
   #feed(): void {
-    const waiting = this.#waiting.splice(0);
-    waiting.forEach((socket) => this.deal(socket));
+    this.#waiting.splice(0).forEach((socket) => this.deal(socket));
     this.#keepSpare();
   }
 
