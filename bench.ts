@@ -19,12 +19,11 @@
  * Read: rows of one run are comparable with each other; a busy machine makes
  * every number noisy, so compare ratios, not absolute figures.
  *
- * Copy with: bench/ children.ts cli.ts lanes.ts listen.ts load.ts log.ts protocol.ts
- * relay.ts server.ts time.ts, and the models to compare.
+ * Copy with: lib/ bench/ (the folders, as they are), and the models to compare.
  * Flags without deno.json: the shebang's. MIT licensed; see LICENSE.
  */
-import { fail, numberOption, parseCommandLine, usageError } from "./cli.ts";
-import { onShutdownSignal } from "./server.ts";
+import { fail, numberOption, parseCommandLine, usageError } from "./lib/cli.ts";
+import { onShutdownSignal } from "./lib/serve.ts";
 import { chart } from "./bench/chart.ts";
 import { markdown } from "./bench/report.ts";
 import { progressLine, runBench } from "./bench/run.ts";

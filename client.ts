@@ -17,7 +17,7 @@
  *
  * docs/client.md has the measurements and the design of the load engine.
  *
- * Copy with: cli.ts lanes.ts listen.ts load.ts log.ts protocol.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (--unstable-net for --udp;
  * --allow-read/--allow-write for --unix). MIT licensed; see LICENSE.
  */
@@ -28,9 +28,9 @@ import {
   parseCommandLine,
   unbracket,
   usageError,
-} from "./cli.ts";
-import { bindAddressFor } from "./lanes.ts";
-import { listenDatagramOrExit } from "./listen.ts";
+} from "./lib/cli.ts";
+import { bindAddressFor } from "./lib/load/lanes.ts";
+import { listenDatagramOrExit } from "./lib/listen.ts";
 import {
   DEFAULT_UDP_TIMEOUT_MS,
   type Failures,
@@ -39,9 +39,9 @@ import {
   MAX_DATAGRAM,
   runLoad,
   type Target,
-} from "./load.ts";
-import { formatAddr } from "./log.ts";
-import { echo, writeAll } from "./protocol.ts";
+} from "./lib/load/load.ts";
+import { formatAddr } from "./lib/log.ts";
+import { echo, writeAll } from "./lib/echo.ts";
 
 const SCRIPT = "client.ts";
 const DEFAULT_TIMEOUT_MS = 5000;

@@ -21,15 +21,19 @@
  *       `--cpu-ms 3000`, type in one client, connect others: shared, each is
  *       taken at once; round-robin, every other one waits for the busy one.
  *
- * Copy with: cli.ts cluster_pool.ts listen.ts log.ts node_server.ts protocol.ts server.ts supervisor.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (Deno runs the workers with -A
  * whatever the primary has). MIT licensed; see LICENSE. docs/models/cluster.md
  */
 import cluster from "node:cluster";
 import net from "node:net";
-import * as cli from "./cli.ts";
-import { ClusterPool, ClusterWorker } from "./cluster_pool.ts";
-import { workerCount, WORKERS_OPTION, workersOf } from "./supervisor.ts";
+import * as cli from "./lib/cli.ts";
+import { ClusterPool, ClusterWorker } from "./lib/pool/cluster.ts";
+import {
+  workerCount,
+  WORKERS_OPTION,
+  workersOf,
+} from "./lib/pool/supervisor.ts";
 
 /** A worker: echoes the clients it accepts, or is handed, until told to stop. */
 async function work(options: cli.ServerOptions): Promise<void> {

@@ -14,12 +14,12 @@
  *       `--cpu-ms 200` and type in two of them at the same time: each echo
  *       waits for the other's 200 ms, because there is only one thread.
  *
- * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (read and write are for --unix; with
  * -A it also reads `ulimit -n` to cap --max-conns). MIT licensed; see LICENSE.
  */
-import { parseServerArgs } from "./cli.ts";
-import { startServer } from "./server.ts";
+import { parseServerArgs } from "./lib/cli.ts";
+import { startServer } from "./lib/serve.ts";
 
 const options = await parseServerArgs(Deno.args, {
   script: "evented.ts",

@@ -16,19 +16,27 @@
  *       `--cpu-ms 200`, two clients typing at once are both answered after
  *       200 ms: two cores. `kill -9 CHILD_PID` ends only that client.
  *
- * Copy with: child_link.ts children.ts cli.ts lifeline.ts listen.ts log.ts protocol.ts relay.ts server.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (--allow-run starts the children).
  * MIT licensed; see LICENSE.
  */
-import { type ChildLink, connectBack, LinkedChildren } from "./child_link.ts";
-import { forEachLine, spawnErrorText, terminateChild } from "./children.ts";
-import { type ModelSpec, parseServerArgs } from "./cli.ts";
-import { type ServerOptions, serverUsage, usageError } from "./cli.ts";
-import { describeExit } from "./log.ts";
-import { echo } from "./protocol.ts";
-import { pipe } from "./relay.ts";
-import { type Session, startServer } from "./server.ts";
-import { within } from "./time.ts";
+import {
+  type ChildLink,
+  connectBack,
+  LinkedChildren,
+} from "./lib/process/link.ts";
+import {
+  forEachLine,
+  spawnErrorText,
+  terminateChild,
+} from "./lib/process/children.ts";
+import { type ModelSpec, parseServerArgs } from "./lib/cli.ts";
+import { type ServerOptions, serverUsage, usageError } from "./lib/cli.ts";
+import { describeExit } from "./lib/log.ts";
+import { echo } from "./lib/echo.ts";
+import { pipe } from "./lib/relay.ts";
+import { type Session, startServer } from "./lib/serve.ts";
+import { within } from "./lib/time.ts";
 
 const CHILD_ROLE = "--child"; // the hidden role: `--child CPU_MS SOCKET`
 

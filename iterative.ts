@@ -13,12 +13,12 @@
  *       first one quits. Then restart with `--idle-timeout 5` and leave the
  *       first one silent.
  *
- * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (read and write are for --unix; with
  * -A it also reads `ulimit -n` to cap --max-conns). MIT licensed; see LICENSE.
  */
-import { parseServerArgs } from "./cli.ts";
-import { startServer } from "./server.ts";
+import { parseServerArgs } from "./lib/cli.ts";
+import { startServer } from "./lib/serve.ts";
 
 const options = await parseServerArgs(Deno.args, {
   script: "iterative.ts",

@@ -19,24 +19,24 @@
  *       clients typing at once are answered together when on two workers,
  *       one after the other when on the same one.
  *
- * Copy with: child_worker.ts children.ts cli.ts listen.ts log.ts pool_commands.ts protocol.ts server.ts supervisor.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (-A: --allow-run, which starts the
  * workers, is as much anyway, and /proc tells `ulimit -n` only then; each
  * worker may only listen on its port). MIT licensed; see LICENSE.
  */
-import { ChildWorker } from "./child_worker.ts";
-import { forEachLine } from "./children.ts";
-import * as cli from "./cli.ts";
-import { formatAddr } from "./log.ts";
-import { obey } from "./pool_commands.ts";
-import { onShutdownSignal, startServer } from "./server.ts";
+import { ChildWorker } from "./lib/pool/child_worker.ts";
+import { forEachLine } from "./lib/process/children.ts";
+import * as cli from "./lib/cli.ts";
+import { formatAddr } from "./lib/log.ts";
+import { obey } from "./lib/pool/commands.ts";
+import { onShutdownSignal, startServer } from "./lib/serve.ts";
 import {
   shareOf,
   supervise,
   workerCount,
   WORKERS_OPTION,
   workersOf,
-} from "./supervisor.ts";
+} from "./lib/pool/supervisor.ts";
 
 /** The hidden first argument that makes this script a worker: `--as-worker N`. */
 const WORKER_ROLE = "--as-worker";

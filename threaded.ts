@@ -19,17 +19,22 @@
  *       With `--pool 2`, `kill -USR2 PID` makes the first worker throw: its
  *       clients are cut, a new worker takes its place, the others go on.
  *
- * Copy with: cli.ts listen.ts log.ts pool_commands.ts port_stream.ts protocol.ts relay.ts server.ts supervisor.ts threads.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's (-A: /proc tells thread ids and
  * `ulimit -n` only then). MIT licensed; see LICENSE.
  */
-import * as cli from "./cli.ts";
-import { formatAddr, Logger } from "./log.ts";
-import { PortStream } from "./port_stream.ts";
-import { echo } from "./protocol.ts";
-import { startServer } from "./server.ts";
-import { Pool, shareOf, supervise, workerCount } from "./supervisor.ts";
-import { relayToThread, serveInWorker, Thread } from "./threads.ts";
+import * as cli from "./lib/cli.ts";
+import { formatAddr, Logger } from "./lib/log.ts";
+import { PortStream } from "./lib/thread/port_stream.ts";
+import { echo } from "./lib/echo.ts";
+import { startServer } from "./lib/serve.ts";
+import {
+  Pool,
+  shareOf,
+  supervise,
+  workerCount,
+} from "./lib/pool/supervisor.ts";
+import { relayToThread, serveInWorker, Thread } from "./lib/thread/thread.ts";
 
 // A worker that only echoes needs no permission but to load this module.
 const ECHO_ONLY: Deno.PermissionOptionsObject = { import: "inherit" };

@@ -15,7 +15,7 @@
  * Try:  nc -u 127.0.0.1 8080          (each line comes back; Ctrl-C ends nc)
  *       deno run -A client.ts 8080 --udp --connections 8 --requests 10000
  *
- * Copy with: cli.ts listen.ts log.ts protocol.ts server.ts time.ts
+ * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's. MIT licensed; see LICENSE.
  */
 import {
@@ -23,10 +23,10 @@ import {
   listenAddress,
   parseCommandLine,
   usageError,
-} from "./cli.ts";
-import { formatAddr, Logger } from "./log.ts";
-import { listenDatagramOrExit } from "./listen.ts";
-import { onShutdownSignal } from "./server.ts";
+} from "./lib/cli.ts";
+import { formatAddr, Logger } from "./lib/log.ts";
+import { listenDatagramOrExit } from "./lib/listen.ts";
+import { onShutdownSignal } from "./lib/serve.ts";
 
 const SCRIPT = "udp_echo.ts";
 const USAGE = `usage: deno run -A --unstable-net udp_echo.ts [PORT] [options]

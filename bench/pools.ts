@@ -6,8 +6,8 @@
  *
  * @module
  */
-import { type LoadOptions, runLoad } from "../load.ts";
-import { within } from "../time.ts";
+import { type LoadOptions, runLoad } from "../lib/load/load.ts";
+import { within } from "../lib/time.ts";
 import {
   connectTo,
   exchange,

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { spawnChildRole } from "../children.ts";
+import { spawnChildRole } from "../lib/process/children.ts";
 import type { Settings, Status } from "./scenarios.ts";
 
 /** What starting a process or a Worker costs at best, as rates. */

@@ -6,9 +6,9 @@
  *
  * @module
  */
-import { type LoadOptions, runLoad } from "../load.ts";
-import { writeAll } from "../protocol.ts";
-import { sleep } from "../time.ts";
+import { type LoadOptions, runLoad } from "../lib/load/load.ts";
+import { writeAll } from "../lib/echo.ts";
+import { sleep } from "../lib/time.ts";
 import { cpuMs, meminfoBytes, treeCpuMs, treeMemory } from "./procfs.ts";
 import type { RunningServer } from "./servers.ts";
 

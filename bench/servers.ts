@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { sleep, within } from "../time.ts";
+import { sleep, within } from "../lib/time.ts";
 import { isAlive, processTree } from "./procfs.ts";
 
 /** The project root: where the model scripts and bench.ts are. */

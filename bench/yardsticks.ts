@@ -21,8 +21,8 @@
  * @module
  */
 import type { Socket } from "node:net";
-import { spawnChildRole } from "../children.ts";
-import { pipe, relay } from "../relay.ts";
+import { spawnChildRole } from "../lib/process/children.ts";
+import { pipe, relay } from "../lib/relay.ts";
 
 /** The name of a bare server's Worker: this prefix, then the port. */
 const BARE_WORKER = "bench-bare-";

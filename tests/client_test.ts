@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type LoadReport, runLoad } from "../load.ts";
+import { type LoadReport, runLoad } from "../lib/load/load.ts";
 import {
   assertNoStackTrace,
   assertSameBytes,

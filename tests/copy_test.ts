@@ -32,11 +32,21 @@ function exists(path: string): boolean {
   }
 }
 
-/** The files a script's header says to copy with it. */
+/** The files and folders (`lib/`) a script's header says to copy with it. */
 function copyWith(source: string): string[] {
   const line = source.match(/^ \* Copy with: (.+)$/m);
   assert.ok(line, "the header has no 'Copy with:' line");
-  return line[1].match(/[\w.-]+\.ts/g) ?? [];
+  return line[1].match(/[\w.\/-]+(\.ts|\/)(?=[\s,]|$)/g) ?? [];
+}
+
+/** The files git tracks under each of `named` (a file, or a folder `dir/`). */
+async function trackedUnder(named: string[]): Promise<string[]> {
+  const output = await new Deno.Command("git", {
+    args: ["ls-files", "--", ...named],
+    cwd: ROOT,
+    stdout: "piped",
+  }).output();
+  return new TextDecoder().decode(output.stdout).split("\n").filter(Boolean);
 }
 
 /** The project's own modules that `script` imports, directly or not. */
@@ -74,19 +84,31 @@ for (const model of MODELS) {
     async () => {
       const source = await Deno.readTextFile(`${ROOT}${model}`);
       const named = copyWith(source);
-      assert.deepEqual(
-        named.toSorted(),
-        (await localImports(model)).toSorted(),
+      const imports = await localImports(model);
+      const isNamed = (path: string) =>
+        named.some((name) =>
+          name.endsWith("/") ? path.startsWith(name) : path === name
+        );
+      // Everything it imports is named, and everything named is imported from.
+      assert.deepEqual(imports.filter((path) => !isNamed(path)), []);
+      for (const name of named) {
+        assert.ok(
+          imports.some((path) => path.startsWith(name)),
+          `${name} unused`,
+        );
+      }
+      const files = (await trackedUnder(named)).filter((path) =>
+        path.endsWith(".ts")
       );
       const dir = await Deno.makeTempDir({ prefix: "copy-test-" });
       try {
-        for (const file of [model, ...named]) {
+        // Copied as git has them: the script's run bit included, no chmod.
+        for (const file of [model, ...files]) {
           await Deno.mkdir(`${dir}/${file}`.replace(/\/[^/]+$/, ""), {
             recursive: true,
           });
           await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
         }
-        await Deno.chmod(`${dir}/${model}`, 0o755);
         await using server = await startServer(model, ["0"], { copyIn: dir });
         if (model === "udp_echo.ts") {
           const socket = Deno.listenDatagram({

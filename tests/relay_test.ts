@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { relay } from "../relay.ts";
+import { relay } from "../lib/relay.ts";
 import {
   assertSameBytes,
   pattern,

@@ -6,9 +6,9 @@
  * for real, with processes, threads and signals.
  */
 import assert from "node:assert/strict";
-import type { ServerOptions } from "../cli.ts";
-import { CommandedWorker, obey } from "../pool_commands.ts";
-import { startServer } from "../server.ts";
+import type { ServerOptions } from "../lib/cli.ts";
+import { CommandedWorker, obey } from "../lib/pool/commands.ts";
+import { startServer } from "../lib/serve.ts";
 import {
   Backoff,
   Pool,
@@ -20,7 +20,7 @@ import {
   shareOf,
   workerCount,
   type WorkerExit,
-} from "../supervisor.ts";
+} from "../lib/pool/supervisor.ts";
 import { roundTripText, settlesWithin } from "./harness.ts";
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { PortStream } from "../port_stream.ts";
-import { pipe } from "../relay.ts";
+import { PortStream } from "../lib/thread/port_stream.ts";
+import { pipe } from "../lib/relay.ts";
 import { echoServerConformance } from "./conformance.ts";
 import {
   assertNoStackTrace,

@@ -9,14 +9,14 @@
  *
  * @module
  */
-import type { ServerOptions } from "./cli.ts";
-import { bindErrorText } from "./listen.ts";
-import { formatAddr, formatMs, Logger, type Who } from "./log.ts";
-import { CommandedWorker, obey } from "./pool_commands.ts";
+import type { ServerOptions } from "../cli.ts";
+import { bindErrorText } from "../listen.ts";
+import { formatAddr, formatMs, Logger, type Who } from "../log.ts";
+import { CommandedWorker, obey } from "../pool/commands.ts";
 import { PortStream } from "./port_stream.ts";
-import { relay } from "./relay.ts";
-import { EchoServer, type Session } from "./server.ts";
-import { sleep } from "./time.ts";
+import { relay } from "../relay.ts";
+import { EchoServer, type Session } from "../serve.ts";
+import { sleep } from "../time.ts";
 
 /** What the main thread posts to make a worker throw, as a bug would. */
 const FAULT = "fault";

@@ -10,9 +10,9 @@ import {
   spawnChildRole,
   spawnErrorText,
   terminateChild,
-} from "./children.ts";
-import { describeExit } from "./log.ts";
-import { CommandedWorker } from "./pool_commands.ts";
+} from "../process/children.ts";
+import { describeExit } from "../log.ts";
+import { CommandedWorker } from "./commands.ts";
 
 /**
  * A worker process: this script again (`script`, started with `roleArgs` and

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { Duplex } from "./relay.ts";
+import type { Duplex } from "../relay.ts";
 
 /** Bytes per buffer. */
 const CHUNK_SIZE = 64 * 1024;

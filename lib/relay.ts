@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { type ByteReader, type ByteWriter, writeAll } from "./protocol.ts";
+import { type ByteReader, type ByteWriter, writeAll } from "./echo.ts";
 
 /** One end of a two-way byte stream: a socket, a child's pipes, a port. */
 export interface Duplex extends ByteReader, ByteWriter {

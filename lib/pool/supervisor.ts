@@ -15,11 +15,11 @@
  *
  * @module
  */
-import { fail, type ModelOption, type ServerOptions } from "./cli.ts";
-import { listenOrExit } from "./listen.ts";
-import { Logger } from "./log.ts";
-import { onShutdownSignal } from "./server.ts";
-import { sleep, within } from "./time.ts";
+import { fail, type ModelOption, type ServerOptions } from "../cli.ts";
+import { listenOrExit } from "../listen.ts";
+import { Logger } from "../log.ts";
+import { onShutdownSignal } from "../serve.ts";
+import { sleep, within } from "../time.ts";
 
 /** How a worker ended, for the log line that says it will be restarted. */
 export interface WorkerExit {

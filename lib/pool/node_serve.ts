@@ -8,10 +8,10 @@
  * @module
  */
 import type { Socket } from "node:net";
-import type { ServerOptions } from "./cli.ts";
-import * as log from "./log.ts";
-import { burnCpu } from "./protocol.ts";
-import { within } from "./time.ts";
+import type { ServerOptions } from "../cli.ts";
+import * as log from "../log.ts";
+import { burnCpu } from "../echo.ts";
+import { within } from "../time.ts";
 
 /** Names why a client's connection ended, from a node:net error. */
 function closeReason(error: NodeJS.ErrnoException): string {

@@ -14,7 +14,7 @@
  * @module
  */
 import process from "node:process";
-import { unbracket } from "./cli.ts";
+import { unbracket } from "../cli.ts";
 import { datagramLane, Lane, type LaneRun, streamLane } from "./lanes.ts";
 
 /** Where to send load. */

@@ -11,11 +11,11 @@
  *
  * @module
  */
-import { fail } from "./cli.ts";
+import { fail } from "../cli.ts";
 import { spawnChildRole, spawnErrorText } from "./children.ts";
 import { Lifeline } from "./lifeline.ts";
-import type { Duplex } from "./relay.ts";
-import { sleep } from "./time.ts";
+import type { Duplex } from "../relay.ts";
+import { sleep } from "../time.ts";
 
 /**
  * A child's end of the relay: bytes both ways, and a close of both ways.

@@ -12,7 +12,7 @@
  * @module
  */
 import { spawnChildRole, untilStdinCloses } from "./children.ts";
-import { sleep, within } from "./time.ts";
+import { sleep, within } from "../time.ts";
 
 /** The hidden first argument that makes this module the watchdog. */
 const WATCHDOG_ROLE = "--watchdog";

@@ -11,8 +11,8 @@
  *
  * @module
  */
-import { writeAll } from "./protocol.ts";
-import { sleep } from "./time.ts";
+import { writeAll } from "../echo.ts";
+import { sleep } from "../time.ts";
 
 /**
  * What a lane needs of the run it is part of (load.ts's LoadRun): where to

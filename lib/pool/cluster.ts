@@ -11,13 +11,13 @@
 import cluster from "node:cluster";
 import type { ListenOptions, Server, Socket } from "node:net";
 import process from "node:process";
-import { fail, type ServerOptions } from "./cli.ts";
-import { bindErrorText, listenOrExit } from "./listen.ts";
-import * as log from "./log.ts";
-import { onShutdownSignal } from "./server.ts";
+import { fail, type ServerOptions } from "../cli.ts";
+import { bindErrorText, listenOrExit } from "../listen.ts";
+import * as log from "../log.ts";
+import { onShutdownSignal } from "../serve.ts";
 import { Backoff } from "./supervisor.ts";
-import { NodeEchoServer } from "./node_server.ts";
-import { sleep, within } from "./time.ts";
+import { NodeEchoServer } from "./node_serve.ts";
+import { sleep, within } from "../time.ts";
 
 /** Where the pool listens: node:net's form of the reserved address. */
 type Address = ListenOptions & { path?: string };

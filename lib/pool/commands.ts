@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { EchoServer } from "./server.ts";
+import type { EchoServer } from "../serve.ts";
 import type { PoolWorker, WorkerExit } from "./supervisor.ts";
 
 /** How long a worker told to end gets before it is killed. */

@@ -9,7 +9,7 @@
 import type { ServerOptions } from "./cli.ts";
 import { listenOrExit } from "./listen.ts";
 import { formatAddr, formatBytes, formatMs, Logger, type Who } from "./log.ts";
-import { type Counters, echo } from "./protocol.ts";
+import { type Counters, echo } from "./echo.ts";
 import { sleep, within } from "./time.ts";
 
 /** One connected client, from accept to close. */
