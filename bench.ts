@@ -23,7 +23,7 @@
  * Flags without deno.json: the shebang's. MIT licensed; see LICENSE.
  */
 import { fail, numberOption, parseCommandLine, usageError } from "./lib/cli.ts";
-import { onShutdownSignal } from "./lib/serve.ts";
+import { onShutdownSignal } from "./lib/signals.ts";
 import { chart } from "./bench/chart.ts";
 import { markdown } from "./bench/report.ts";
 import { progressLine, runBench } from "./bench/run.ts";

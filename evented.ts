@@ -19,7 +19,9 @@
  * -A it also reads `ulimit -n` to cap --max-conns). MIT licensed; see LICENSE.
  */
 import { parseServerArgs } from "./lib/cli.ts";
-import { startServer } from "./lib/serve.ts";
+import { echo } from "./lib/echo.ts";
+import { listenOrExit } from "./lib/listen.ts";
+import { EchoServer } from "./lib/serve.ts";
 
 const options = await parseServerArgs(Deno.args, {
   script: "evented.ts",
@@ -27,8 +29,13 @@ const options = await parseServerArgs(Deno.args, {
     "Event-based echo server: every client is an async task on one event loop.",
   defaultMaxConns: 10_000,
 });
-const server = await startServer(options);
+const listener = await listenOrExit(options, (at) => Deno.listen(at));
+const server = new EchoServer(options, listener); // the banner; Ctrl-C drains
 
-for await (const conn of server.clients()) {
-  server.serve(conn); // not awaited: the loop goes back to accept at once
+for (;;) {
+  const conn = await server.accept(); // null once a stop signal came
+  if (!conn) break;
+  // Not awaited: the loop goes back to accept at once, and the event loop
+  // runs every client's echo whenever its socket has bytes.
+  server.serve(conn, (client) => echo(conn, conn, client, options.cpuMs));
 }

@@ -20,118 +20,75 @@
  * Flags without deno.json: the shebang's (--allow-run starts the children).
  * MIT licensed; see LICENSE.
  */
-import {
-  type ChildLink,
-  connectBack,
-  LinkedChildren,
-} from "./lib/process/link.ts";
-import {
-  forEachLine,
-  spawnErrorText,
-  terminateChild,
-} from "./lib/process/children.ts";
-import { type ModelSpec, parseServerArgs } from "./lib/cli.ts";
-import { type ServerOptions, serverUsage, usageError } from "./lib/cli.ts";
-import { describeExit } from "./lib/log.ts";
+import * as cli from "./lib/cli.ts";
 import { echo } from "./lib/echo.ts";
-import { pipe } from "./lib/relay.ts";
-import { type Session, startServer } from "./lib/serve.ts";
-import { within } from "./lib/time.ts";
+import { listenOrExit } from "./lib/listen.ts";
+import { connectBack, LinkedChildren, onlyTo } from "./lib/process/link.ts";
+import { serveInChild } from "./lib/process/serve_in_child.ts";
+import { role, roleArgs, runAgain } from "./lib/role.ts";
+import { EchoServer } from "./lib/serve.ts";
 
-const CHILD_ROLE = "--child"; // the hidden role: `--child CPU_MS SOCKET`
-
-if (Deno.args[0] === CHILD_ROLE) {
+if (role() === "child") {
   // The child: one client's echo over the socket made for it, the one path
   // it may open. Its end is the client's EOF, or the parent's death.
-  const [, cpuMs, socket] = Deno.args;
+  const [cpuMs, socket] = roleArgs();
   const counters = { bytesIn: 0, bytesOut: 0 }; // the parent counts and logs
   await connectBack(socket, (parent) => echo(parent, parent, counters, +cpuMs));
 }
 
-const options = await parseServerArgs(Deno.args, spec());
-const command = commandLine(options);
-const role = { // this script again, as `--child CPU_MS SOCKET`
-  script: import.meta.filename ?? import.meta.url,
-  args: [CHILD_ROLE, String(options.cpuMs)],
-};
-const children = await LinkedChildren.open(options.script, command ?? role);
+const options = await cli.parseServerArgs(Deno.args, spec());
+const command = commandLine(options); // --exec or --sh-exec, split
+const script = import.meta.filename ?? import.meta.url;
+const children = await LinkedChildren.open(options.script, !command);
+const listener = await listenOrExit(options, (at) => Deno.listen(at));
 const what = command ? `exec ${command.join(" ")}` : "sandboxed deno child";
-const server = await startServer(options, {
+const server = new EchoServer(options, listener, {
   banner: [`${what} per client`],
-  onStop: () => children.close(),
+  onStop: () => children.close(), // once every child is reaped
 });
 
-for await (const conn of server.clients()) {
-  // Not awaited: like the parent after fork(), go straight back to accept.
-  server.serve(conn, serveInChild);
+for (;;) {
+  const conn = await server.accept(); // null once a stop signal came
+  if (!conn) break;
+  // Not awaited: like the parent after fork(), straight back to accept.
+  server.serve(
+    conn,
+    (client) =>
+      serveInChild(client, children, server.log, spawnChild, command?.[0]),
+  );
 }
 
 /**
- * Serves one client through a child: starts it, relays both ways until the
- * child's output ends or either side fails, ends the child and reaps it.
+ * fork() and exec() in one: this script again as a sandboxed child that may
+ * open only `socket` (where it connects back), or --exec's command, whose
+ * stdin and stdout are the client's bytes. It leads a process group of its
+ * own, which a Ctrl-C at the terminal does not reach: we end it.
  */
-async function serveInChild(session: Session): Promise<void> {
-  const { id, signal } = session;
-  const log = server.log;
-  const child = await children.start(String(id), signal).catch((error) => {
-    const what = command?.[0] ?? "child";
-    log.error(`#${id} cannot start ${what}: ${spawnErrorText(error)}`, { id });
-    session.end("cannot start child");
-  });
-  if (!child) return; // a shutdown came first, or it could not start
-  const { process, link } = child;
-  const [pid, startedAt] = [process.pid, performance.now()];
-  const who = { id, child: pid };
-  if (log.verbose) log.event("spawned", `#${id} spawned child ${pid}`, who);
-  const stderrLogged = forEachLine(process.stderr, (line) => {
-    log.event("stderr", `#${id} child ${pid}: ${line}`, { ...who, line }, true);
-  });
-  // A shutdown or idle timeout ends the child at once; a child whose client
-  // is gone gets a second to exit. Then SIGTERM, then SIGKILL, to its
-  // process group, so that no grandchild is left.
-  const end = (termAfterMs: number) =>
-    terminateChild(process, { termAfterMs, killAfterMs: 2000, group: true });
-  let ended: Promise<Deno.CommandStatus> | undefined;
-  signal.addEventListener("abort", () => ended = end(0), { once: true });
-
-  const failure = await relayWith(session, link).catch((error) => error);
-  session.close(); // the child reads EOF, or fails to write
-  const status = await (ended ?? end(1000));
-  await within(stderrLogged, 100); // its last words before its exit line
-  const { text, fields } = describeExit(status, performance.now() - startedAt);
-  const reaped = `#${id} reaped child ${pid}: ${text}`;
-  if (log.verbose) log.event("reaped", reaped, { ...who, ...fields });
-  if (failure !== undefined) throw failure;
-}
-
-/**
- * Relays between the client and its child until the child's output ended
- * and was all sent; a client still sending gets a second to see that end
- * (a clean close, not a reset). Rejects on either side's first failure,
- * and if the child ends before it connects.
- */
-async function relayWith(session: Session, linking: Promise<ChildLink>) {
-  const link = await linking;
-  const toChild = pipe(session.conn, link, (n) => session.bytesIn += n);
-  const toClient = pipe(link, session.conn, (n) => session.bytesOut += n);
-  try {
-    await Promise.race([toClient, toChild.then(() => toClient)]);
-    await within(toChild, 1000);
-  } finally {
-    link.close();
-  }
+function spawnChild(socket: string | undefined, env: Record<string, string>) {
+  const [program, args] = command ? [command[0], command.slice(1)] : [
+    Deno.execPath(),
+    runAgain(script, "child", [`${options.cpuMs}`, socket!], onlyTo(socket!)),
+  ];
+  return new Deno.Command(program, {
+    args,
+    stdin: command ? "piped" : "null",
+    stdout: command ? "piped" : "null",
+    stderr: "piped", // logged, line by line
+    env, // the lifeline's mark: nothing outlives a SIGKILLed server
+    detached: true,
+  }).spawn();
 }
 
 /**
  * The command run per client: --exec's words (split on whitespace, no shell,
  * as ncat does) or `/bin/sh -c` --sh-exec; exits 2 on a bad one.
  */
-function commandLine({ extra, cpuMs }: ServerOptions): string[] | undefined {
+function commandLine({ extra, cpuMs }: cli.ServerOptions) {
   const { exec, "sh-exec": sh } = extra as Record<string, string | undefined>;
   if (exec === undefined && sh === undefined) return undefined;
   const name = exec === undefined ? "--sh-exec" : "--exec";
   const fault = (why: string): never =>
-    usageError("forked.ts", why, serverUsage(spec()));
+    cli.usageError("forked.ts", why, cli.serverUsage(spec()));
   if (exec !== undefined && sh !== undefined) {
     fault("--exec and --sh-exec exclude each other");
   }
@@ -142,7 +99,7 @@ function commandLine({ extra, cpuMs }: ServerOptions): string[] | undefined {
   return exec?.trim().split(/\s+/) ?? ["/bin/sh", "-c", sh!];
 }
 
-function spec(): ModelSpec {
+function spec(): cli.ModelSpec {
   return {
     script: "forked.ts",
     summary: "Process-per-client echo server: a child process per client.",

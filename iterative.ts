@@ -18,7 +18,9 @@
  * -A it also reads `ulimit -n` to cap --max-conns). MIT licensed; see LICENSE.
  */
 import { parseServerArgs } from "./lib/cli.ts";
-import { startServer } from "./lib/serve.ts";
+import { echo } from "./lib/echo.ts";
+import { listenOrExit } from "./lib/listen.ts";
+import { EchoServer } from "./lib/serve.ts";
 
 const options = await parseServerArgs(Deno.args, {
   script: "iterative.ts",
@@ -27,8 +29,12 @@ const options = await parseServerArgs(Deno.args, {
   defaultMaxConns: 1,
   fixedMaxConns: true,
 });
-const server = await startServer(options);
+const listener = await listenOrExit(options, (at) => Deno.listen(at));
+const server = new EchoServer(options, listener); // the banner; Ctrl-C drains
 
-for await (const conn of server.clients()) {
-  await server.serve(conn); // the next client waits in the backlog meanwhile
+for (;;) {
+  const conn = await server.accept(); // null once a stop signal came
+  if (!conn) break;
+  // Awaited: the next client waits in the kernel's backlog meanwhile.
+  await server.serve(conn, (client) => echo(conn, conn, client, options.cpuMs));
 }

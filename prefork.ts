@@ -24,78 +24,79 @@
  * workers, is as much anyway, and /proc tells `ulimit -n` only then; each
  * worker may only listen on its port). MIT licensed; see LICENSE.
  */
-import { ChildWorker } from "./lib/pool/child_worker.ts";
-import { forEachLine } from "./lib/process/children.ts";
 import * as cli from "./lib/cli.ts";
+import { echo } from "./lib/echo.ts";
+import { listenOrExit } from "./lib/listen.ts";
 import { formatAddr } from "./lib/log.ts";
-import { obey } from "./lib/pool/commands.ts";
-import { onShutdownSignal, startServer } from "./lib/serve.ts";
-import {
-  shareOf,
-  supervise,
-  workerCount,
-  WORKERS_OPTION,
-  workersOf,
-} from "./lib/pool/supervisor.ts";
+import { ChildWorker, obeyParent } from "./lib/pool/child_worker.ts";
+import * as pool from "./lib/pool/supervisor.ts";
+import { role, roleArgs, runAgain } from "./lib/role.ts";
+import { EchoServer } from "./lib/serve.ts";
 
-/** The hidden first argument that makes this script a worker: `--as-worker N`. */
-const WORKER_ROLE = "--as-worker";
+if (role() === "worker") await worker();
+else await parent();
 
-/** A worker: an evented echo server on the shared port, obeying its parent. */
-async function serveAsWorker(n: number, options: cli.ServerOptions) {
-  // Until we listen, a stop request finds nobody to drain.
-  let obeying = (_command: string): void => Deno.exit(0);
-  onShutdownSignal((signal, count) =>
-    obeying(count === 1 ? `drain ${signal}` : "end")
-  );
-  const server = await startServer(options, {
-    who: { pid: Deno.pid, worker: n },
-    reusePort: true,
-    signals: false,
-    announce: false,
-  });
-  obeying = obey(server, (word) => {
-    if (word === "stopped") Deno.exit(0);
-    console.log(word); // to the parent, which reads our stdout
-  });
-  // Commands come on stdin; its end means the parent died: drain.
-  await forEachLine(Deno.stdin.readable, obeying);
-  obeying("drain supervisor");
-}
-
-const spec: cli.ModelSpec = {
-  script: "prefork.ts",
-  summary:
-    "Pre-forked echo server: a supervisor and N worker processes sharing the port.",
-  defaultMaxConns: 10_000,
-  fdProcesses: workersOf,
-  noUnix: "workers share a TCP port with SO_REUSEPORT, which Unix sockets lack",
-  denoFlags: "-A --unstable-net",
-  options: { workers: WORKERS_OPTION },
-};
-
-if (Deno.args[0] === WORKER_ROLE) {
-  const options = await cli.parseServerArgs(Deno.args.slice(2), spec);
-  await serveAsWorker(Number(Deno.args[1]), options);
-} else {
-  const options = await cli.parseServerArgs(Deno.args, spec);
-  const size = workersOf(options.extra);
-  cli.refuseFewerConns(spec, options, `${size} workers`, size);
-  const flags = (["nodelay", "keepalive", "json", "quiet"] as const)
-    .filter((flag) => options[flag]).map((flag) => `--${flag}`);
+/** The parent: starts N workers, keeps them at strength, stops them. */
+async function parent(): Promise<void> {
+  const options = await cli.parseServerArgs(Deno.args, spec());
+  const size = pool.workersOf(options.extra);
+  cli.refuseFewerConns(spec(), options, `${size} workers`, size);
   const script = import.meta.filename ?? import.meta.url;
-  await supervise({
+  await pool.supervise({
     options,
     size,
-    banner: [workerCount(size)],
+    banner: [pool.workerCount(size)],
     fields: { workers: size },
-    // Each worker: this script again, allowed to listen on its port only.
-    start: (slot, addr) =>
-      new ChildWorker(slot, script, [
-        ...[WORKER_ROLE, `${slot}`, `${addr.port}`, "--host", addr.hostname],
-        ...["--max-conns", `${shareOf(options.maxConns, size, slot)}`],
-        ...["--idle-timeout", `${options.idleTimeout}`, ...flags],
-        ...["--cpu-ms", `${options.cpuMs}`, "--grace", `${options.grace}`],
-      ], [`--allow-net=${formatAddr(addr)}`, "--unstable-net"]),
+    // Worker `slot`: this script again, allowed to listen on its port only.
+    start(slot, addr) {
+      const share = pool.shareOf(options.maxConns, size, slot);
+      const args = [`${slot}`, ...pool.workerArgs(options, addr, share)];
+      const child = new Deno.Command(Deno.execPath(), {
+        args: runAgain(script, "worker", args, [
+          `--allow-net=${formatAddr(addr)}`,
+          "--unstable-net",
+        ]),
+        stdin: "piped", // the parent's commands; its end: the parent died
+        stdout: "piped", // the worker's answers and log lines
+        stderr: "piped",
+        detached: true, // Ctrl-C reaches the parent, which stops the workers
+      }).spawn();
+      return new ChildWorker(slot, child);
+    },
   });
+}
+
+/** A worker: an evented echo server on the shared port, obeying the parent. */
+async function worker(): Promise<void> {
+  const [slot, ...args] = roleArgs();
+  const options = await cli.parseServerArgs(args, spec());
+  const listener = await listenOrExit(
+    options,
+    (at) => Deno.listen({ ...at, reusePort: true }), // the kernel picks one
+  );
+  const server = new EchoServer(options, listener, {
+    who: { pid: Deno.pid, worker: +slot },
+    signals: false, // the parent's word, or its death, stops a worker
+    announce: false, // the parent prints the one banner
+  });
+  await obeyParent(server); // until the banner is out
+  for (;;) {
+    const conn = await server.accept(); // null once told to stop
+    if (!conn) break;
+    server.serve(conn, (client) => echo(conn, conn, client, options.cpuMs));
+  }
+}
+
+function spec(): cli.ModelSpec {
+  return {
+    script: "prefork.ts",
+    summary:
+      "Pre-forked echo server: a supervisor and N worker processes sharing the port.",
+    defaultMaxConns: 10_000,
+    fdProcesses: pool.workersOf,
+    noUnix:
+      "workers share a TCP port with SO_REUSEPORT, which Unix sockets lack",
+    denoFlags: "-A --unstable-net",
+    options: { workers: pool.WORKERS_OPTION },
+  };
 }

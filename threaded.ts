@@ -24,49 +24,51 @@
  * `ulimit -n` only then). MIT licensed; see LICENSE.
  */
 import * as cli from "./lib/cli.ts";
-import { formatAddr, Logger } from "./lib/log.ts";
-import { PortStream } from "./lib/thread/port_stream.ts";
 import { echo } from "./lib/echo.ts";
-import { startServer } from "./lib/serve.ts";
-import {
-  Pool,
-  shareOf,
-  supervise,
-  workerCount,
-} from "./lib/pool/supervisor.ts";
-import { relayToThread, serveInWorker, Thread } from "./lib/thread/thread.ts";
+import { listenAt, listenOrExit } from "./lib/listen.ts";
+import { formatAddr, Logger } from "./lib/log.ts";
+import * as pool from "./lib/pool/supervisor.ts";
+import { role } from "./lib/role.ts";
+import { EchoServer } from "./lib/serve.ts";
+import { PortStream } from "./lib/thread/port_stream.ts";
+import { type PoolStart, relayToThread } from "./lib/thread/thread.ts";
+import { serveInWorker, Thread } from "./lib/thread/thread.ts";
 
 // A worker that only echoes needs no permission but to load this module.
 const ECHO_ONLY: Deno.PermissionOptionsObject = { import: "inherit" };
 
-/** The thread routine: echo over the worker's end of a client's port. */
-async function echoOnThread(port: MessagePort, cpuMs: number): Promise<void> {
-  const stream = new PortStream(port);
-  try {
-    await echo(stream, stream, { bytesIn: 0, bytesOut: 0 }, cpuMs);
-    await stream.closeWrite();
-    await stream.closed; // until the main thread is done with the client
-  } catch { /* the client is gone */ }
-  stream.close();
+if (role() === "thread") serveInWorker(echoOnPort, acceptInWorker);
+else await main();
+
+/** pthread_create: a Worker thread running this module with `permissions`. */
+function startThread(permissions = ECHO_ONLY): Thread {
+  const worker = new Worker(import.meta.url, {
+    type: "module",
+    deno: { permissions },
+  });
+  return new Thread(worker);
 }
 
 /** echoservert.c: the main thread accepts; every client gets a new thread. */
 async function threadPerClient(options: cli.ServerOptions): Promise<void> {
   // One worker before the banner: if it cannot run, fail now, not later.
-  const probe = new Thread(import.meta.url, ECHO_ONLY);
-  await probe.ready.catch((error) => cli.fail(spec.script, error.message));
+  const probe = startThread();
+  await probe.ready.catch((error) => cli.fail(spec().script, error.message));
   await probe.terminate();
+  const listener = await listenOrExit(options, (at) => Deno.listen(at));
   const banner = ["a worker per client"];
-  const server = await startServer(options, { banner });
+  const server = new EchoServer(options, listener, { banner });
   const live = new Set<Thread>();
   Thread.onFaultSignal(() => live.values().next().value); // the oldest
-  for await (const conn of server.clients()) {
+  for (;;) {
+    const conn = await server.accept(); // null once a stop signal came
+    if (!conn) break;
     server.serve(conn, async (session) => {
-      const thread = new Thread(import.meta.url, ECHO_ONLY); // pthread_create
+      const thread = startThread();
       live.add(thread);
       thread.logServing(server.log, session, true);
       try {
-        await relayToThread(session, thread, options.cpuMs);
+        await relayToThread(session, thread, options.cpuMs); // echoOnPort
       } finally {
         live.delete(thread);
         session.close();
@@ -76,85 +78,109 @@ async function threadPerClient(options: cli.ServerOptions): Promise<void> {
   }
 }
 
+/** The thread routine: echo over the worker's end of a client's port. */
+async function echoOnPort(port: MessagePort, cpuMs: number): Promise<void> {
+  const stream = new PortStream(port);
+  try {
+    await echo(stream, stream, { bytesIn: 0, bytesOut: 0 }, cpuMs);
+    await stream.closeWrite();
+    await stream.closed; // until the main thread is done with the client
+  } catch { /* the client is gone */ }
+  stream.close();
+}
+
 /** echoservert-pre.c, the kernel as the shared buffer: N workers accept. */
 async function listeningPool(options: cli.ServerOptions, size: number) {
   const ids = new SharedArrayBuffer(4); // one `#id` count for every worker
-  const pool = await supervise({
+  const workers = await pool.supervise({
     options,
     size,
-    banner: [`pool of ${workerCount(size)}`],
+    banner: [`pool of ${pool.workerCount(size)}`],
     fields: { pool: size },
     start(slot, addr) {
       const net = [formatAddr(addr)]; // its one permission besides loading
-      const thread = new Thread(import.meta.url, { ...ECHO_ONLY, net });
+      const thread = startThread({ ...ECHO_ONLY, net });
       const { hostname: host, port } = addr;
-      const maxConns = shareOf(options.maxConns, size, slot);
+      const maxConns = pool.shareOf(options.maxConns, size, slot);
       thread.listen({ ...options, host, port, maxConns }, ids);
       return thread;
     },
   });
-  Thread.onFaultSignal(() => pool.workers[0]);
+  Thread.onFaultSignal(() => workers.workers[0]);
+}
+
+/** A pool worker's thread: accepts on the shared port itself, and echoes. */
+async function acceptInWorker({ options, start, obey }: PoolStart) {
+  const at = listenAt(options);
+  const listener = Deno.listen({ ...at, reusePort: true }); // the kernel picks
+  const server = new EchoServer(options, listener, start);
+  await obey(server); // until the banner is out
+  for (;;) {
+    const conn = await server.accept(); // null once told to stop
+    if (!conn) break;
+    server.serve(conn, (client) => echo(conn, conn, client, options.cpuMs));
+  }
 }
 
 /** echoservert-pre.c on a Unix socket: the main thread hands out clients. */
 async function relayPool(options: cli.ServerOptions, size: number) {
   const echoThread = () => {
-    const thread = new Thread(import.meta.url, ECHO_ONLY);
+    const thread = startThread();
     thread.ready.then(() => thread.answer("listening"), () => {}); // for ports
     return thread;
   };
-  const giveUp = (why: string) => cli.fail(spec.script, why);
-  const pool = new Pool(size, echoThread, new Logger(options), giveUp);
-  await pool.ready;
-  const server = await startServer(options, {
-    banner: [
-      `pool of ${workerCount(size)}`,
-      "fed by the main thread",
-    ],
-    onStop: () => pool.end(),
+  const giveUp = (why: string) => cli.fail(spec().script, why);
+  const workers = new pool.Pool(size, echoThread, new Logger(options), giveUp);
+  await workers.ready;
+  const listener = await listenOrExit(options, (at) => Deno.listen(at));
+  const server = new EchoServer(options, listener, {
+    banner: [`pool of ${pool.workerCount(size)}`, "fed by the main thread"],
+    onStop: () => workers.end(),
   });
-  pool.accept();
-  Thread.onFaultSignal(() => pool.workers[0]);
-  for await (const conn of server.clients()) {
+  workers.accept();
+  Thread.onFaultSignal(() => workers.workers[0]);
+  for (;;) {
+    const conn = await server.accept();
+    if (!conn) break;
     server.serve(conn, (session) => {
-      const idle = pool.workers.sort((a, b) => a.clients - b.clients)[0];
+      const idle = workers.workers.sort((a, b) => a.clients - b.clients)[0];
       if (!idle) throw new Error("no pool worker is running");
       idle.logServing(server.log, session);
-      return relayToThread(session, idle, options.cpuMs);
+      return relayToThread(session, idle, options.cpuMs); // echoOnPort
     });
   }
 }
 
-const spec: cli.ModelSpec = {
-  script: "threaded.ts",
-  summary:
-    "Threaded echo server: a Web Worker per client, or a pool of N workers that each accept (--pool N).",
-  // A worker per client is ~10 MiB: 64 are 0.7 GiB. A pool's: a few KiB.
-  defaultMaxConns: (extra) => extra.pool === undefined ? 64 : 10_000,
-  fdsPerClient: (extra) => extra.pool === undefined ? Thread.FDS + 1 : 1,
-  fdsFixed: (extra) => Number(extra.pool ?? 0) * (Thread.FDS + 1),
-  options: {
-    pool: {
-      type: "count",
-      min: 1,
-      max: 256,
-      usage:
-        `N                workers started up front (1 to 256), each accepting
-                          on the port; --max-conns (default 10000) is split
-                          among them. Default: a worker per client (--max-conns
-                          default 64)`,
-    },
-  },
-  denoFlags: "-A --unstable-net --unstable-worker-options",
-};
-
-if ("WorkerGlobalScope" in globalThis) {
-  serveInWorker(echoOnThread);
-} else {
-  const options = await cli.parseServerArgs(Deno.args, spec);
+async function main(): Promise<void> {
+  const options = await cli.parseServerArgs(Deno.args, spec());
   const size = options.extra.pool as number | undefined;
-  if (size) cli.refuseFewerConns(spec, options, `--pool ${size}`, size);
+  if (size) cli.refuseFewerConns(spec(), options, `--pool ${size}`, size);
   if (size === undefined) await threadPerClient(options);
   else if (options.unix === undefined) await listeningPool(options, size);
   else await relayPool(options, size);
+}
+
+function spec(): cli.ModelSpec {
+  return {
+    script: "threaded.ts",
+    summary:
+      "Threaded echo server: a Web Worker per client, or a pool of N workers that each accept (--pool N).",
+    // A worker per client is ~10 MiB: 64 are 0.7 GiB. A pool's: a few KiB.
+    defaultMaxConns: (extra) => extra.pool === undefined ? 64 : 10_000,
+    fdsPerClient: (extra) => extra.pool === undefined ? Thread.FDS + 1 : 1,
+    fdsFixed: (extra) => Number(extra.pool ?? 0) * (Thread.FDS + 1),
+    options: {
+      pool: {
+        type: "count",
+        min: 1,
+        max: 256,
+        usage:
+          `N                workers started up front (1 to 256), each accepting
+                            on the port; --max-conns (default 10000) is split
+                            among them. Default: a worker per client (--max-conns
+                            default 64)`,
+      },
+    },
+    denoFlags: "-A --unstable-net --unstable-worker-options",
+  };
 }

@@ -26,7 +26,7 @@ import {
 } from "./lib/cli.ts";
 import { formatAddr, Logger } from "./lib/log.ts";
 import { listenDatagramOrExit } from "./lib/listen.ts";
-import { onShutdownSignal } from "./lib/serve.ts";
+import { onShutdownSignal } from "./lib/signals.ts";
 
 const SCRIPT = "udp_echo.ts";
 const USAGE = `usage: deno run -A --unstable-net udp_echo.ts [PORT] [options]

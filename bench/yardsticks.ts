@@ -87,7 +87,7 @@ async function bareEcho(conn: Deno.Conn): Promise<void> {
  * parent, as an inline module, so that it loads nothing else.
  */
 const BARE_RELAY_CHILD = "data:application/javascript," + encodeURIComponent(`
-  const parent = await Deno.connect({ transport: "unix", path: Deno.args[0] });
+  const parent = await Deno.connect({ transport: "unix", path: Deno.args[2] });
   const buffer = new Uint8Array(64 * 1024);
   try {
     for (let n; (n = await parent.read(buffer)) !== null;) {
@@ -174,7 +174,7 @@ async function bareRelayClient(
   children: LiveChildren,
 ): Promise<void> {
   const listener = Deno.listen({ transport: "unix", path });
-  const child = spawnChildRole(BARE_RELAY_CHILD, [path], {
+  const child = spawnChildRole(BARE_RELAY_CHILD, "child", [path], {
     denoFlags: [
       `--allow-net=unix:${path}`,
       `--allow-read=${path}`,

@@ -9,44 +9,52 @@ import { fail, type ServerOptions } from "./cli.ts";
 import { formatAddr } from "./log.ts";
 
 /**
- * Binds the listener of `options` or exits 1 with one line saying why
- * ("cannot listen on 127.0.0.1:8080: address in use").
+ * The address of `options` in the form `Deno.listen` takes:
+ * `{ hostname, port }`, or `{ transport: "unix", path }` for `--unix` (typed
+ * as the TCP form, which is what a model script spreads `reusePort` into;
+ * Deno.listen reads `transport` at run time).
  */
-export async function listenOrExit(
-  options: ServerOptions,
-  reusePort = false,
-): Promise<Deno.Listener> {
-  const where = options.unix !== undefined
-    ? `unix:${options.unix}`
-    : formatAddr({
-      transport: "tcp",
-      hostname: options.host,
-      port: options.port,
-    });
-  try {
-    if (options.unix !== undefined) return await listenUnix(options.unix);
-    return Deno.listen({
-      hostname: options.host,
-      port: options.port,
-      reusePort,
-    });
-  } catch (error) {
-    const why = bindErrorText(error, options.unix !== undefined);
-    fail(options.script, `cannot listen on ${where}: ${why}`);
+export type ListenAt = Deno.TcpListenOptions & { transport?: "tcp" };
+
+/** See {@linkcode ListenAt}. */
+export function listenAt(options: ServerOptions): ListenAt {
+  if (options.unix === undefined) {
+    return { hostname: options.host, port: options.port };
   }
+  return { transport: "unix", path: options.unix } as unknown as ListenAt;
 }
 
-async function listenUnix(path: string): Promise<Deno.Listener> {
+/**
+ * Calls `listen` (the model's `Deno.listen`) on the address of `options`;
+ * exits 1 with one line saying why it failed ("cannot listen on
+ * 127.0.0.1:8080: address in use"). A Unix socket file left by a server that
+ * died is stale when nobody answers on it: it is removed and `listen` tried
+ * again, as the classic C servers unlink before bind.
+ */
+export async function listenOrExit<L extends Deno.Listener>(
+  options: ServerOptions,
+  listen: (at: ListenAt) => L = (at) => Deno.listen(at) as unknown as L,
+): Promise<L> {
+  const at = listenAt(options);
+  const { unix } = options;
+  const where = unix !== undefined ? `unix:${unix}` : formatAddr({
+    transport: "tcp",
+    hostname: options.host,
+    port: options.port,
+  });
   try {
-    return Deno.listen({ transport: "unix", path });
+    try {
+      return listen(at);
+    } catch (error) {
+      const stale = unix !== undefined &&
+        error instanceof Deno.errors.AddrInUse && await isStaleSocket(unix);
+      if (!stale) throw error;
+      await Deno.remove(unix);
+      return listen(at);
+    }
   } catch (error) {
-    // A socket file left by a server that died is stale when nobody answers
-    // on it: remove it, as the classic C servers unlink before bind.
-    if (
-      !(error instanceof Deno.errors.AddrInUse) || !(await isStaleSocket(path))
-    ) throw error;
-    await Deno.remove(path);
-    return Deno.listen({ transport: "unix", path });
+    const why = bindErrorText(error, unix !== undefined);
+    fail(options.script, `cannot listen on ${where}: ${why}`);
   }
 }
 

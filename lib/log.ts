@@ -139,27 +139,3 @@ function writeLine(line: string): void {
 export function formatMs(ms: number): string {
   return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
-
-/**
- * How a reaped child ended, as log text (`exited with code 0 after 31.2 ms`,
- * `killed by SIGKILL after 2.01 s`) and as JSON fields.
- */
-export function describeExit(
-  status: Deno.CommandStatus,
-  ms: number,
-): {
-  text: string;
-  fields: { code: number; signal: Deno.Signal | null; ms: number };
-} {
-  const how = status.signal
-    ? `killed by ${status.signal}`
-    : `exited with code ${status.code}`;
-  return {
-    text: `${how} after ${formatMs(ms)}`,
-    fields: {
-      code: status.code,
-      signal: status.signal,
-      ms: Math.round(ms * 10) / 10,
-    },
-  };
-}

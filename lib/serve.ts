@@ -1,15 +1,17 @@
 /**
- * A listening echo server for a model script to drive: bind (or exit 1 with
- * one line), print the banner, accept robustly within `--max-conns`, serve
- * each client with its log lines and `--idle-timeout`, and on SIGINT, SIGTERM
- * or SIGHUP stop accepting, drain for `--grace` seconds and exit 0.
+ * What a server does around the model's own calls, the way csapp.c wraps
+ * accept(): the model script binds its listener (listen.ts) and hands it to
+ * an {@linkcode EchoServer}, which prints the banner, accepts within
+ * `--max-conns` and through every per-connection error, serves each client
+ * with its log lines and `--idle-timeout`, and on SIGINT, SIGTERM or SIGHUP
+ * stops accepting, drains for `--grace` seconds and exits 0.
  *
  * @module
  */
 import type { ServerOptions } from "./cli.ts";
-import { listenOrExit } from "./listen.ts";
 import { formatAddr, formatBytes, formatMs, Logger, type Who } from "./log.ts";
-import { type Counters, echo } from "./echo.ts";
+import type { Counters } from "./echo.ts";
+import { onShutdownSignal } from "./signals.ts";
 import { sleep, within } from "./time.ts";
 
 /** One connected client, from accept to close. */
@@ -55,13 +57,11 @@ export class Session implements Counters {
   }
 }
 
-/** How a model serves one client: move its bytes, then resolve. */
+/**
+ * How a model serves one client: move its bytes (counting them in the
+ * session, which is {@linkcode Counters}), then resolve.
+ */
 export type ClientHandler = (session: Session) => Promise<void>;
-
-/** The default handler: the echo service over the connection itself. */
-export function echoHandler(cpuMs: number): ClientHandler {
-  return (session) => echo(session.conn, session.conn, session, cpuMs);
-}
 
 /** Names why a client's connection ended, from the error its I/O raised. */
 export function closeReason(error: unknown): string {
@@ -76,8 +76,6 @@ export function closeReason(error: unknown): string {
 export interface StartOptions {
   /** Who serves: shown on every log line (default: this process). */
   who?: Who;
-  /** Bind with SO_REUSEPORT so that several processes or workers share the port. */
-  reusePort?: boolean;
   /** More words for the banner, after the model name. */
   banner?: string[];
   /** Stop on SIGINT, SIGTERM or SIGHUP: drain and exit 0 (default true). */
@@ -96,23 +94,6 @@ export interface StartOptions {
   nextId?: () => number;
 }
 
-/**
- * Starts an echo server: binds (or exits 1), prints the banner, and returns
- * the server whose clients the model script accepts and serves its own way.
- */
-export async function startServer(
-  options: ServerOptions,
-  start: StartOptions = {},
-): Promise<EchoServer> {
-  const listener = await listenOrExit(options, start.reusePort);
-  return new EchoServer(
-    options,
-    start,
-    new Logger(options, start.who),
-    listener,
-  );
-}
-
 /** A listening echo server: accept its clients, serve them. */
 export class EchoServer {
   /** The bound address (the real port when 0 was asked). */
@@ -126,15 +107,20 @@ export class EchoServer {
   #nextId = 1;
   #idleMarks = new Map<Session, { moved: number; at: number }>();
 
-  /** Takes over a bound listener; see {@linkcode startServer}. */
+  /** The server's log. */
+  readonly log: Logger;
+
+  /**
+   * Takes over the bound `listener`: registers the stop signals (unless
+   * `start.signals` is false), then prints the banner.
+   */
   constructor(
     /** The parsed command line. */
     readonly options: ServerOptions,
-    readonly start: StartOptions,
-    /** The server's log. */
-    readonly log: Logger,
     readonly listener: Deno.Listener,
+    readonly start: StartOptions = {},
   ) {
+    const log = this.log = new Logger(options, start.who);
     this.addr = listener.addr;
     // Handlers first: whoever has seen the banner may signal at once.
     if (start.signals !== false) {
@@ -160,22 +146,23 @@ export class EchoServer {
   }
 
   /**
-   * The accepted clients, one at a time: waits for a free `--max-conns` slot
-   * before each accept (so waiting clients stay in the kernel's backlog),
-   * survives every per-connection accept error, and ends when the server stops.
+   * The next client, accepted: waits for a free `--max-conns` slot first (so
+   * waiting clients stay in the kernel's backlog), survives every
+   * per-connection accept error, and resolves null once the server stops.
    */
-  async *clients(): AsyncGenerator<Deno.Conn> {
+  async accept(): Promise<Deno.Conn | null> {
     while (!this.#stopping) {
       if (this.#active.size >= this.options.maxConns) {
         await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
         continue;
       }
-      const conn = await this.#accept();
-      if (conn) yield conn;
+      const conn = await this.#acceptOne();
+      if (conn) return conn;
     }
+    return null;
   }
 
-  async #accept(): Promise<Deno.Conn | null> {
+  async #acceptOne(): Promise<Deno.Conn | null> {
     for (let failures = 0;; failures++) {
       try {
         this.#accepting = this.listener.accept();
@@ -196,11 +183,11 @@ export class EchoServer {
   }
 
   /**
-   * Serves one client to the end with `handler` (default: echo), logging its
-   * connect and close, enforcing `--idle-timeout`, tracking it for the drain.
-   * Never rejects: a failing client closes its own connection only.
+   * Serves one client to the end with `handler`, logging its connect and
+   * close, enforcing `--idle-timeout`, tracking it for the drain. Never
+   * rejects: a failing client closes its own connection only.
    */
-  async serve(conn: Deno.Conn, handler?: ClientHandler): Promise<void> {
+  async serve(conn: Deno.Conn, handler: ClientHandler): Promise<void> {
     const id = this.start.nextId?.() ?? this.#nextId++;
     const session = new Session(id, conn, clientName(conn, id));
     this.#active.add(session);
@@ -216,7 +203,7 @@ export class EchoServer {
     }
     let reason = "eof";
     try {
-      await (handler ?? echoHandler(options.cpuMs))(session);
+      await handler(session);
     } catch (error) {
       reason = closeReason(error);
     }
@@ -346,25 +333,4 @@ function setSocketOptions(conn: Deno.Conn, options: ServerOptions): void {
   const tcp = conn as Deno.TcpConn;
   if (options.nodelay) tcp.setNoDelay(true);
   if (options.keepalive) tcp.setKeepAlive(true);
-}
-
-/**
- * The signals that ask a server to stop gracefully: Ctrl-C, `kill`, and the
- * terminal closing (SIGHUP), which must drain like the others, not kill.
- */
-const SHUTDOWN_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-
-/**
- * Calls `stop(signal, count)` on every SIGINT, SIGTERM or SIGHUP, `count`
- * being how many have arrived so far (a second Ctrl-C means "now"). Registered
- * before anything is printed, so that no signal finds the default action
- * (death) once a parent or test has seen the banner.
- */
-export function onShutdownSignal(
-  stop: (signal: string, count: number) => void,
-): void {
-  let count = 0;
-  for (const signal of SHUTDOWN_SIGNALS) {
-    Deno.addSignalListener(signal, () => stop(signal, ++count));
-  }
 }

@@ -69,12 +69,12 @@ async function localImports(script: string): Promise<string[]> {
 
 for (const model of MODELS) {
   serverTest(
-    `${model} fits a screen: at most ~150 lines, a header of at most ~25`,
+    `${model} fits a screen or two: at most ~180 lines, a header of at most ~25`,
     async () => {
       const source = await Deno.readTextFile(`${ROOT}${model}`);
       const lines = source.trimEnd().split("\n");
       const header = lines.findIndex((line) => line === " */") - 1;
-      assert.ok(lines.length <= 160, `${lines.length} lines`);
+      assert.ok(lines.length <= 180, `${lines.length} lines`);
       assert.ok(header <= 27, `a header of ${header} lines`);
     },
   );

@@ -43,7 +43,7 @@ async function watchdogOf(server: number): Promise<number> {
     const argv = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() =>
       ""
     );
-    if (argv.includes("lifeline.ts\0--watchdog")) found.push(pid);
+    if (argv.includes("lifeline.ts\0--role\0watchdog")) found.push(pid);
   }
   assert.equal(found.length, 1, `watchdogs: ${found}`);
   watchdogs.set(server, watchdog = found[0]);

@@ -28,10 +28,10 @@ async function workersOnPort(port: number): Promise<number[]> {
     if (!/^\d+$/.test(entry.name)) continue;
     const args = (await Deno.readTextFile(`/proc/${entry.name}/cmdline`)
       .catch(() => "")).split("\0");
-    const role = args.indexOf("--as-worker");
+    const role = args.indexOf("--role");
     if (
       role > 0 && args[role - 1].endsWith("prefork.ts") &&
-      args[role + 2] === String(port)
+      args[role + 1] === "worker" && args[role + 3] === String(port)
     ) found.push(Number(entry.name));
   }
   return found;

@@ -8,7 +8,8 @@
 import assert from "node:assert/strict";
 import type { ServerOptions } from "../lib/cli.ts";
 import { CommandedWorker, obey } from "../lib/pool/commands.ts";
-import { startServer } from "../lib/serve.ts";
+import { echo } from "../lib/echo.ts";
+import { EchoServer } from "../lib/serve.ts";
 import {
   Backoff,
   Pool,
@@ -362,13 +363,22 @@ Deno.test("CommandedWorker and obey: listening, accept, stop-accepting, drain, s
     quiet: true,
     extra: {},
   };
-  const server = await startServer(options, {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const server = new EchoServer(options, listener, {
     signals: false,
     announce: false,
   });
   const port = (server.addr as Deno.NetAddr).port;
   const worker = new InProcessWorker();
-  worker.obeying = obey(server, (word) => worker.answer(word));
+  const obeying = obey(server, (word) => worker.answer(word));
+  worker.obeying = obeying.command;
+  // The worker's accept loop, as prefork.ts runs it once told to accept.
+  obeying.accept.then(async () => {
+    for (let conn; (conn = await server.accept());) {
+      const client = conn;
+      server.serve(client, (session) => echo(client, client, session));
+    }
+  });
   assert.equal(await worker.listening, true);
   const early = await Deno.connect({ port }); // waits in the backlog
   const earlyEcho = roundTripText(early, "early");

@@ -1,25 +1,23 @@
 /**
- * A pool worker that is a child process: this script again, started by
- * spawnChildRole (children.ts) in its worker role, commanded over its stdin
- * (pool_commands.ts), its answers and log lines read from its stdout.
+ * A pool worker that is a child process, both sides: {@linkcode ChildWorker}
+ * is the supervisor's (a `Deno.ChildProcess` the model started, commanded
+ * over its stdin, its answers and log lines read from its stdout);
+ * {@linkcode obeyParent} is the worker's (commands.ts is the protocol).
  *
  * @module
  */
-import {
-  forEachLine,
-  spawnChildRole,
-  spawnErrorText,
-  terminateChild,
-} from "../process/children.ts";
-import { describeExit } from "../log.ts";
-import { CommandedWorker } from "./commands.ts";
+import { forEachLine, terminateChild } from "../process/children.ts";
+import { describeExit } from "../process/children.ts";
+import type { EchoServer } from "../serve.ts";
+import { onShutdownSignal } from "../signals.ts";
+import { CommandedWorker, obey } from "./commands.ts";
 
 /**
- * A worker process: this script again (`script`, started with `roleArgs` and
- * exactly the permissions in `denoFlags`; see spawnChildRole), commanded over
- * its stdin. Its stdout carries its answers and its log lines, which are
- * forwarded whole (they never mix with the supervisor's); what it writes on
- * stderr before it listens is kept as the reason it could not start.
+ * A worker process as its supervisor sees it: a child started with its
+ * stdin, stdout and stderr piped, commanded over its stdin. Its stdout
+ * carries its answers and its log lines, which are forwarded whole (they
+ * never mix with the supervisor's); what it writes on stderr before it
+ * listens is kept as the reason it could not start.
  */
 export class ChildWorker extends CommandedWorker {
   /** `worker 2 (pid 4242)`. */
@@ -29,20 +27,11 @@ export class ChildWorker extends CommandedWorker {
   #child: Deno.ChildProcess;
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
 
-  /** Starts it as worker `number`; throws if it cannot be started. */
-  constructor(
-    number: number,
-    script: string,
-    roleArgs: string[],
-    denoFlags: string[],
-  ) {
+  /** Takes over `child`, just spawned, as worker `number`. */
+  constructor(number: number, child: Deno.ChildProcess) {
     super();
-    try {
-      this.#child = spawnChildRole(script, roleArgs, { denoFlags });
-    } catch (error) {
-      throw new Error(spawnErrorText(error));
-    }
-    const { pid } = this.#child;
+    this.#child = child;
+    const { pid } = child;
     this.name = `worker ${number} (pid ${pid})`;
     this.fields = { worker: number, workerPid: pid };
     this.#stdin = this.#child.stdin.getWriter();
@@ -85,4 +74,23 @@ function write(to: (line: string) => void, line: string): void {
   try {
     to(line);
   } catch { /* closed */ }
+}
+
+/**
+ * The worker's side, in a worker process whose `server` listens: obeys the
+ * commands on stdin and answers on stdout (commands.ts), and resolves once
+ * told to accept. A stop signal drains, a second ends the clients; the end of
+ * stdin means the supervisor died: drain. Exits 0 once the clients are gone.
+ */
+export function obeyParent(server: EchoServer): Promise<void> {
+  const supervisor = obey(server, (word) => {
+    if (word === "stopped") Deno.exit(0);
+    console.log(word); // to the supervisor, which reads our stdout
+  });
+  onShutdownSignal((signal, count) =>
+    supervisor.command(count === 1 ? `drain ${signal}` : "end")
+  );
+  forEachLine(Deno.stdin.readable, supervisor.command)
+    .then(() => supervisor.command("drain supervisor"));
+  return supervisor.accept;
 }

@@ -14,9 +14,10 @@ import process from "node:process";
 import { fail, type ServerOptions } from "../cli.ts";
 import { bindErrorText, listenOrExit } from "../listen.ts";
 import * as log from "../log.ts";
-import { onShutdownSignal } from "../serve.ts";
+import { onShutdownSignal } from "../signals.ts";
 import { Backoff } from "./supervisor.ts";
 import { NodeEchoServer } from "./node_serve.ts";
+import { describeExit } from "../process/children.ts";
 import { sleep, within } from "../time.ts";
 
 /** Where the pool listens: node:net's form of the reserved address. */
@@ -333,7 +334,7 @@ export class ClusterPool {
       member.gone.resolve();
       if (this.#stopping) return;
       const ran = performance.now() - started;
-      const { text, fields } = log.describeExit(
+      const { text, fields } = describeExit(
         { success: false, code: code ?? 1, signal: signal as Deno.Signal },
         ran,
       );

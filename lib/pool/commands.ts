@@ -93,10 +93,18 @@ export abstract class CommandedWorker implements PoolWorker {
   }
 }
 
+/** The worker's side of the commands: see {@linkcode obey}. */
+export interface Obeying {
+  /** Takes one command from the supervisor. */
+  command(line: string): void;
+  /** Resolves at `accept`: the banner is out, the worker may accept. */
+  accept: Promise<void>;
+}
+
 /**
  * The worker's side: call once `server` listens, with `answer` sending a word
- * back to the supervisor. It answers `listening` at once, and returns the
- * handler for the commands it receives: `accept` serves the clients,
+ * back to the supervisor. It answers `listening` at once; then `accept`
+ * resolves {@linkcode Obeying.accept} (the worker runs its accept loop),
  * `stop-accepting` closes the listener (answering `not-accepting`), `drain`
  * lets the clients finish and `end` ends them now (either answering
  * `stopped` once they are gone: the worker may end then).
@@ -104,27 +112,26 @@ export abstract class CommandedWorker implements PoolWorker {
 export function obey(
   server: EchoServer,
   answer: (word: Answer) => void,
-): (command: string) => void {
-  let accepting = false;
+): Obeying {
+  const accept = Promise.withResolvers<void>();
   let stopped: Promise<void> | undefined;
   const stop = (reason: string) => {
     const done = server.shutdown(reason); // a second call ends the clients
     stopped ??= done.then(() => answer("stopped"));
   };
   answer("listening");
-  return (command) => {
-    const [word, reason = "supervisor"] = command.split(" ");
-    if (word === "accept" && !accepting) {
-      accepting = true;
-      (async () => {
-        for await (const conn of server.clients()) server.serve(conn);
-      })();
-    } else if (word === "stop-accepting") {
-      server.stopAccepting().then(() => answer("not-accepting"));
-    } else if (word === "drain" && !stopped) stop(reason);
-    else if (word === "end") {
-      if (!stopped) stop(reason);
-      stop(reason);
-    }
+  return {
+    accept: accept.promise,
+    command(line) {
+      const [word, reason = "supervisor"] = line.split(" ");
+      if (word === "accept") accept.resolve();
+      else if (word === "stop-accepting") {
+        server.stopAccepting().then(() => answer("not-accepting"));
+      } else if (word === "drain" && !stopped) stop(reason);
+      else if (word === "end") {
+        if (!stopped) stop(reason);
+        stop(reason);
+      }
+    },
   };
 }

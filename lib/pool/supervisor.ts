@@ -18,7 +18,8 @@
 import { fail, type ModelOption, type ServerOptions } from "../cli.ts";
 import { listenOrExit } from "../listen.ts";
 import { Logger } from "../log.ts";
-import { onShutdownSignal } from "../serve.ts";
+import { spawnErrorText } from "../process/children.ts";
+import { onShutdownSignal } from "../signals.ts";
 import { sleep, within } from "../time.ts";
 
 /** How a worker ended, for the log line that says it will be restarted. */
@@ -126,6 +127,25 @@ export function workerCount(n: number): string {
 }
 
 /**
+ * The command line of a worker process that listens on `addr` with its
+ * `share` of `--max-conns`, and the rest of the server's `options`: what it
+ * parses as its own.
+ */
+export function workerArgs(
+  options: ServerOptions,
+  addr: Deno.NetAddr,
+  share: number,
+): string[] {
+  const flags = (["nodelay", "keepalive", "json", "quiet"] as const)
+    .filter((flag) => options[flag]).map((flag) => `--${flag}`);
+  return [
+    ...[`${addr.port}`, "--host", addr.hostname, "--max-conns", `${share}`],
+    ...["--idle-timeout", `${options.idleTimeout}`, ...flags],
+    ...["--cpu-ms", `${options.cpuMs}`, "--grace", `${options.grace}`],
+  ];
+}
+
+/**
  * Worker `slot`'s share of `total` clients over `size` workers: the shares
  * differ by one at most and add up to `total`, as `--max-conns` promises.
  */
@@ -195,7 +215,7 @@ export class Pool<W extends PoolWorker> {
         worker = this.start(slot);
       } catch (error) {
         return this.#giveUp(
-          `cannot start worker ${slot}: ${(error as Error).message}`,
+          `cannot start worker ${slot}: ${spawnErrorText(error)}`,
         );
       }
       const started = performance.now();
@@ -381,6 +401,9 @@ async function reservePort(
   const probe = await listenOrExit(options);
   const { hostname, port } = probe.addr as Deno.NetAddr;
   probe.close();
-  const held = await listenOrExit({ ...options, host: hostname, port }, true);
+  const held = await listenOrExit(
+    { ...options, host: hostname, port },
+    (at) => Deno.listen({ ...at, reusePort: true }),
+  );
   return { addr: held.addr as Deno.NetAddr, close: () => held.close() };
 }

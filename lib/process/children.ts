@@ -1,10 +1,13 @@
 /**
- * This script again in a child process: how a Deno script gets a copy of
- * itself (Deno cannot fork()), how it reads the child's output, and how it
- * ends and reaps the child, so that no zombie or orphan is ever left.
+ * Child processes: how a script starts a copy of itself in one (Deno cannot
+ * fork(); role.ts names the copy's role), how it reads a child's output, how
+ * it ends and reaps it so that no zombie or orphan is ever left, and how it
+ * says how one exited.
  *
  * @module
  */
+import { runAgain } from "../role.ts";
+import { formatMs } from "../log.ts";
 
 /** How {@linkcode spawnChildRole} starts a child. */
 export interface ChildRoleOptions {
@@ -28,10 +31,9 @@ export interface ChildRoleOptions {
 }
 
 /**
- * Starts `script` again in a child process, in the role that `roleArgs`
- * select: `deno run --no-prompt --no-config DENO_FLAGS SCRIPT ROLE_ARGS...`
- * with this process's own deno executable. Deno cannot fork(), so this is how
- * a script gets a copy of itself in another process.
+ * Starts `script` again in a child process, in the role `name` (role.ts),
+ * with `args` after it: `deno run --no-prompt --no-config DENO_FLAGS SCRIPT
+ * --role NAME ARGS...` with this process's own deno executable.
  *
  * - The child has exactly the permissions in `denoFlags` (none by default),
  *   never prompts, and ignores any deno.json in the working directory.
@@ -50,18 +52,12 @@ export interface ChildRoleOptions {
  */
 export function spawnChildRole(
   script: string,
-  roleArgs: string[],
+  name: string,
+  args: string[],
   options: ChildRoleOptions = {},
 ): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--no-prompt",
-      "--no-config",
-      ...(options.denoFlags ?? []),
-      script,
-      ...roleArgs,
-    ],
+    args: runAgain(script, name, args, options.denoFlags),
     stdin: options.stdin ?? "piped",
     stdout: options.stdout ?? "piped",
     stderr: options.stderr ?? "piped",
@@ -156,4 +152,28 @@ export function spawnErrorText(error: unknown): string {
     return "not permitted by Deno (run with --allow-run)";
   }
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * How a reaped child ended, as log text (`exited with code 0 after 31.2 ms`,
+ * `killed by SIGKILL after 2.01 s`) and as JSON fields.
+ */
+export function describeExit(
+  status: Deno.CommandStatus,
+  ms: number,
+): {
+  text: string;
+  fields: { code: number; signal: Deno.Signal | null; ms: number };
+} {
+  const how = status.signal
+    ? `killed by ${status.signal}`
+    : `exited with code ${status.code}`;
+  return {
+    text: `${how} after ${formatMs(ms)}`,
+    fields: {
+      code: status.code,
+      signal: status.signal,
+      ms: Math.round(ms * 10) / 10,
+    },
+  };
 }

@@ -11,16 +11,15 @@
  *
  * @module
  */
+import { role, roleArgs } from "../role.ts";
 import { spawnChildRole, untilStdinCloses } from "./children.ts";
 import { sleep, within } from "../time.ts";
 
-/** The hidden first argument that makes this module the watchdog. */
-const WATCHDOG_ROLE = "--watchdog";
 /** How long the watchdog gives the orphans between SIGTERM and SIGKILL. */
 const KILL_AFTER_MS = 1000;
 
-if (import.meta.main && Deno.args[0] === WATCHDOG_ROLE) {
-  const [, marker, dir] = Deno.args;
+if (import.meta.main && role() === "watchdog") {
+  const [marker, dir] = roleArgs();
   if (dir) await removeDeadServersDirs(dir);
   await untilStdinCloses(); // the server closed it, or died
   if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -50,7 +49,8 @@ export class Lifeline {
     const name = `LIFELINE_${token}`;
     const watchdog = spawnChildRole(
       import.meta.filename ?? import.meta.url,
-      [WATCHDOG_ROLE, `${name}=`, dir ?? ""],
+      "watchdog",
+      [`${name}=`, dir ?? ""],
       // Deno reads /proc only with --allow-all; --allow-run, which killing
       // needs, grants as much anyway (a subprocess is not sandboxed).
       { denoFlags: ["--allow-all"], stdout: "null", stderr: "inherit" },

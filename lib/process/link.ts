@@ -12,7 +12,7 @@
  * @module
  */
 import { fail } from "../cli.ts";
-import { spawnChildRole, spawnErrorText } from "./children.ts";
+import { spawnErrorText } from "./children.ts";
 import { Lifeline } from "./lifeline.ts";
 import type { Duplex } from "../relay.ts";
 import { sleep } from "../time.ts";
@@ -37,19 +37,19 @@ export interface LinkedChild {
 }
 
 /**
- * What each child runs: a command (`argv`, no shell) whose stdin and stdout
- * are its link; or `script` in a child role (see spawnChildRole) started as
- * `script ...args SOCKET`, which may open that one path and must connect to
- * it (see {@linkcode connectBack}).
+ * Starts one child (the model's `new Deno.Command(...).spawn()`): with the
+ * path of the socket it must connect back to, or with none when its stdin
+ * and stdout are the link (a command). `env` marks it for the lifeline.
  */
-export type ChildCommand = string[] | { script: string; args: string[] };
+export type SpawnChild = (
+  socket: string | undefined,
+  env: Record<string, string>,
+) => Deno.ChildProcess;
 
-/** The children of one server: started, linked, and ended if it dies. */
+/** The children of one server: linked, and ended if it dies. */
 export class LinkedChildren {
   /** Use {@linkcode LinkedChildren.open}. */
   private constructor(
-    /** What each child runs. */
-    readonly child: ChildCommand,
     /** The private socket directory, for children that connect back. */
     readonly dir: string | undefined,
     /** Ends the children if the server dies. */
@@ -57,17 +57,17 @@ export class LinkedChildren {
   ) {}
 
   /**
-   * Makes the socket directory (for a child role) and starts the lifeline;
+   * Starts the lifeline, and with `connectBack` makes the socket directory;
    * exits 1 with one line saying why when it cannot, before the server
    * prints its banner. The directory is `$TMPDIR/MODEL-PID-XXXXXX`, mode
    * 0700: only this user can enter it.
    */
   static async open(
     script: string,
-    child: ChildCommand,
+    connectBack: boolean,
   ): Promise<LinkedChildren> {
     let dir: string | undefined;
-    if (!Array.isArray(child)) {
+    if (connectBack) {
       const prefix = `${script.replace(/\.ts$/, "")}-${Deno.pid}-`;
       try {
         dir = await Deno.makeTempDir({ prefix });
@@ -80,7 +80,7 @@ export class LinkedChildren {
       }
     }
     try {
-      return new LinkedChildren(child, dir, Lifeline.start(dir));
+      return new LinkedChildren(dir, Lifeline.start(dir));
     } catch (error) {
       if (dir) await Deno.remove(dir, { recursive: true });
       fail(script, `cannot start the watchdog: ${spawnErrorText(error)}`);
@@ -88,40 +88,33 @@ export class LinkedChildren {
   }
 
   /**
-   * Starts a child; `name` names its socket. While out of file descriptors
-   * it waits and tries again, and resolves undefined if `signal` aborts
-   * meanwhile. Throws when the child cannot be started.
+   * Starts a child with `spawn`; `name` names its socket. While out of file
+   * descriptors it waits and tries again, and resolves undefined if `signal`
+   * aborts meanwhile. Throws when the child cannot be started.
    */
-  start(name: string, signal: AbortSignal): Promise<LinkedChild | undefined> {
-    const child = this.child;
-    return whileOutOfFds(
-      () =>
-        Array.isArray(child) ? this.#command(child) : this.#role(child.script, [
-          ...child.args,
-          `${this.dir}/${name}.sock`,
-        ]),
-      signal,
-    );
-  }
-
-  #command(argv: string[]): LinkedChild {
-    const process = new Deno.Command(argv[0], {
-      args: argv.slice(1),
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: this.lifeline.env,
-      detached: true, // its own process group, which Ctrl-C does not reach
-    }).spawn();
-    return { process, link: Promise.resolve(dropOnceGone(pipesOf(process))) };
+  start(
+    name: string,
+    signal: AbortSignal,
+    spawn: SpawnChild,
+  ): Promise<LinkedChild | undefined> {
+    const env = this.lifeline.env;
+    return whileOutOfFds(() => {
+      if (!this.dir) {
+        const process = spawn(undefined, env);
+        return {
+          process,
+          link: Promise.resolve(dropOnceGone(pipesOf(process))),
+        };
+      }
+      return this.#connectingBack(`${this.dir}/${name}.sock`, spawn);
+    }, signal);
   }
 
   // The socket takes one connection and is gone (its file too), so nobody
   // else can reach the child through it. A spare descriptor is held from
   // the start for the child's connection (see acceptOne): a child never
   // waits for a descriptor that another starting child holds.
-  #role(script: string, args: string[]): LinkedChild {
-    const socket = args.at(-1)!;
+  #connectingBack(socket: string, spawn: SpawnChild): LinkedChild {
     const spare = Deno.openSync(this.dir!);
     let listener: Deno.Listener;
     let process: Deno.ChildProcess;
@@ -132,16 +125,7 @@ export class LinkedChildren {
       throw error;
     }
     try {
-      process = spawnChildRole(script, args, {
-        denoFlags: [
-          `--allow-net=unix:${socket}`,
-          `--allow-read=${socket}`,
-          `--allow-write=${socket}`,
-        ],
-        stdin: "null", // the socket's end tells the child that we are gone
-        stdout: "null",
-        env: this.lifeline.env,
-      });
+      process = spawn(socket, this.lifeline.env);
     } catch (error) {
       listener.close();
       spare.close();
@@ -169,6 +153,18 @@ export class LinkedChildren {
       await Deno.remove(this.dir, { recursive: true }).catch(() => {});
     }
   }
+}
+
+/**
+ * The `deno run` flags of a child sandboxed to `socket`: it may open that
+ * one path, and nothing else.
+ */
+export function onlyTo(socket: string): string[] {
+  return [
+    `--allow-net=unix:${socket}`,
+    `--allow-read=${socket}`,
+    `--allow-write=${socket}`,
+  ];
 }
 
 /**

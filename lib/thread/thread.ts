@@ -1,21 +1,22 @@
 /**
- * Web Workers as threads, both sides. In the thread that starts it, a
- * {@linkcode Thread} is a Worker running a module, numbered the way Deno names
- * its OS thread (`worker-3` in `top -H` is `worker 3` in the log), with its OS
- * thread id, its start time and its death; {@linkcode relayToThread} serves a
- * client on one over a MessagePort. In the worker, {@linkcode serveInWorker}
- * runs what it is asked: the echo routine on a client's port, or, in a pool,
- * a listener of its own on the shared port, obeying the supervisor.
+ * Web Workers as threads, both sides. In the thread that started it, a
+ * {@linkcode Thread} wraps the model's `new Worker(...)`: numbered the way
+ * Deno names its OS thread (`worker-3` in `top -H` is `worker 3` in the log),
+ * with its OS thread id, its start time and its death; {@linkcode
+ * relayToThread} serves a client on one over a MessagePort. In the worker,
+ * {@linkcode serveInWorker} runs what it is asked: the thread routine on a
+ * client's port, or, in a pool, the model's own accept loop, obeying the
+ * supervisor.
  *
  * @module
  */
 import type { ServerOptions } from "../cli.ts";
 import { bindErrorText } from "../listen.ts";
-import { formatAddr, formatMs, Logger, type Who } from "../log.ts";
+import { formatAddr, formatMs, type Logger, type Who } from "../log.ts";
 import { CommandedWorker, obey } from "../pool/commands.ts";
 import { PortStream } from "./port_stream.ts";
 import { relay } from "../relay.ts";
-import { EchoServer, type Session } from "../serve.ts";
+import type { EchoServer, Session, StartOptions } from "../serve.ts";
 import { sleep } from "../time.ts";
 
 /** What the main thread posts to make a worker throw, as a bug would. */
@@ -67,18 +68,17 @@ export class Thread extends CommandedWorker {
   #died = new AbortController();
   #gone?: Promise<void>;
 
-  /** Starts a Worker on `module` with exactly `permissions`. */
-  constructor(module: string, permissions: Deno.PermissionOptions) {
+  /**
+   * Takes over `worker`, just created on a module that calls
+   * {@linkcode serveInWorker}.
+   */
+  constructor(worker: Worker) {
     super();
     this.dead = this.#died.signal;
     const ready = Promise.withResolvers<number>();
     this.ready = ready.promise;
     this.ready.catch(() => {}); // a death is reported through `dead`
-    this.#worker = new Worker(module, {
-      type: "module",
-      name: `worker-${this.number}`,
-      deno: { permissions },
-    });
+    this.#worker = worker;
     this.thread = threadId(this.number);
     this.name = this.thread === undefined
       ? `worker ${this.number}`
@@ -211,6 +211,16 @@ interface ListenStart {
   who: Who;
 }
 
+/** What a pool worker's accept loop gets from {@linkcode serveInWorker}. */
+export interface PoolStart {
+  /** The server's command line, with this worker's share of --max-conns. */
+  options: ServerOptions;
+  /** For the worker's EchoServer: who it is, how it numbers clients. */
+  start: StartOptions;
+  /** Call once the worker listens: resolves when it may accept. */
+  obey(server: EchoServer): Promise<void>;
+}
+
 /** What a worker sees of its global scope. */
 interface WorkerScope {
   onmessage: ((event: MessageEvent) => void) | null;
@@ -220,47 +230,43 @@ interface WorkerScope {
 /**
  * In a worker started as a {@linkcode Thread}: serves what the main thread
  * asks. A client's port (from {@linkcode relayToThread}) goes to `routine`,
- * the thread routine; {@linkcode Thread.listen} makes it a pool worker with a
- * listener of its own that obeys the pool's commands.
+ * the thread routine; {@linkcode Thread.listen} makes it a pool worker that
+ * runs `pool`, its own listener and accept loop, obeying the main thread. A
+ * `pool` that cannot listen says why in one line, for the supervisor.
  */
 export function serveInWorker(
   routine: (port: MessagePort, cpuMs: number) => Promise<void>,
+  pool: (start: PoolStart) => Promise<void>,
 ): void {
   const scope = globalThis as unknown as WorkerScope;
   let obeying = (_command: string) => {};
   scope.onmessage = ({ data }) => {
     if (data === FAULT) throw new Error("fault injected by SIGUSR2");
     if (data.client) routine(data.client, data.cpuMs);
-    else if (data.listen) obeying = listenInWorker(data, scope);
-    else obeying(data);
+    else if (data.listen) {
+      const { listen: options, ids, who } = data as ListenStart;
+      const count = new Int32Array(ids);
+      const nextId = () => Atomics.add(count, 0, 1) + 1;
+      const start = { who, nextId, signals: false, announce: false };
+      pool({
+        options,
+        start,
+        obey(server) {
+          const supervisor = obey(server, (word) => scope.postMessage(word));
+          obeying = supervisor.command;
+          return supervisor.accept;
+        },
+      }).catch((error) => {
+        // Not Deno.exit, as listenOrExit would: in a worker it ends the
+        // worker without a word to the main thread.
+        const { host: hostname, port } = options;
+        const where = formatAddr({ transport: "tcp", hostname, port });
+        const why = bindErrorText(error);
+        scope.postMessage({ failed: `cannot listen on ${where}: ${why}` });
+      });
+    } else obeying(data);
   };
   scope.postMessage("ready");
-}
-
-/** A pool worker: an evented server of its own, obeying the main thread. */
-function listenInWorker(
-  { listen: options, ids, who }: ListenStart,
-  scope: WorkerScope,
-): (command: string) => void {
-  const { host: hostname, port } = options;
-  let listener;
-  try {
-    listener = Deno.listen({ hostname, port, reusePort: true });
-  } catch (error) {
-    // Not Deno.exit, as listenOrExit would: in a worker it ends the worker
-    // without a word to the main thread.
-    const where = formatAddr({ transport: "tcp", hostname, port });
-    scope.postMessage({
-      failed: `cannot listen on ${where}: ${bindErrorText(error)}`,
-    });
-    return () => {};
-  }
-  const count = new Int32Array(ids);
-  const nextId = () => Atomics.add(count, 0, 1) + 1;
-  const start = { who, nextId, signals: false, announce: false };
-  const log = new Logger(options, who);
-  const server = new EchoServer(options, start, log, listener);
-  return obey(server, (word) => scope.postMessage(word));
 }
 
 /**

@@ -1,0 +1,52 @@
+/**
+ * Which copy of a script this is: the one way every script here that runs
+ * itself again (a child per client, a pool worker, the watchdog) tells its
+ * copies apart. Deno cannot fork(), so the copy is the same file started
+ * again, with `--role NAME` first on its command line; a copy in a Web
+ * Worker is told by its global scope. Each script asks {@linkcode role} once,
+ * right after its imports.
+ *
+ * @module
+ */
+
+/** The flag that names a copy's role: `script.ts --role child ...`. */
+const ROLE_FLAG = "--role";
+
+/**
+ * `"main"` for the script the user ran, `"thread"` in a Web Worker, or the
+ * NAME of `--role NAME` for a copy started by {@linkcode runAgain}.
+ */
+export function role(args: string[] = Deno.args): string {
+  if ("WorkerGlobalScope" in globalThis) return "thread";
+  return args[0] === ROLE_FLAG && args[1] ? args[1] : "main";
+}
+
+/** A copy's own arguments: what follows `--role NAME`. */
+export function roleArgs(args: string[] = Deno.args): string[] {
+  return args[0] === ROLE_FLAG ? args.slice(2) : args;
+}
+
+/**
+ * The `deno` arguments that run `script` again as a copy in `name`'s role,
+ * with `args` after `--role NAME`: `run --no-prompt --no-config FLAGS SCRIPT
+ * --role NAME ARGS...`. The copy has exactly the permissions in `denoFlags`
+ * (none by default), never prompts, and ignores any deno.json where it runs.
+ * `script` is the caller's `import.meta.filename ?? import.meta.url`.
+ */
+export function runAgain(
+  script: string,
+  name: string,
+  args: string[],
+  denoFlags: string[] = [],
+): string[] {
+  return [
+    "run",
+    "--no-prompt",
+    "--no-config",
+    ...denoFlags,
+    script,
+    ROLE_FLAG,
+    name,
+    ...args,
+  ];
+}
