@@ -30,23 +30,22 @@ import { formatAddr, Logger } from "./lib/log.ts";
 import * as pool from "./lib/pool/supervisor.ts";
 import { role } from "./lib/role.ts";
 import { EchoServer } from "./lib/serve.ts";
-import { PortStream } from "./lib/thread/port_stream.ts";
-import { type PoolStart, relayToThread } from "./lib/thread/thread.ts";
-import { serveInWorker, Thread } from "./lib/thread/thread.ts";
+import type { PortStream } from "./lib/thread/port_stream.ts";
+import * as threads from "./lib/thread/thread.ts";
 
 // A worker that only echoes needs no permission but to load this module.
 const ECHO_ONLY: Deno.PermissionOptionsObject = { import: "inherit" };
 
-if (role() === "thread") serveInWorker(echoOnPort, acceptInWorker);
+if (role() === "thread") threads.serveInWorker(echoOnPort, acceptInWorker);
 else await main();
 
 /** pthread_create: a Worker thread running this module with `permissions`. */
-function startThread(permissions = ECHO_ONLY): Thread {
+function startThread(permissions = ECHO_ONLY): threads.Thread {
   const worker = new Worker(import.meta.url, {
     type: "module",
     deno: { permissions },
   });
-  return new Thread(worker);
+  return new threads.Thread(worker);
 }
 
 /** echoservert.c: the main thread accepts; every client gets a new thread. */
@@ -58,8 +57,8 @@ async function threadPerClient(options: cli.ServerOptions): Promise<void> {
   const listener = await listenOrExit(options, (at) => Deno.listen(at));
   const banner = ["a worker per client"];
   const server = new EchoServer(options, listener, { banner });
-  const live = new Set<Thread>();
-  Thread.onFaultSignal(() => live.values().next().value); // the oldest
+  const live = new Set<threads.Thread>();
+  threads.Thread.onFaultSignal(() => live.values().next().value); // the oldest
   for (;;) {
     const conn = await server.accept(); // null once a stop signal came
     if (!conn) break;
@@ -68,7 +67,7 @@ async function threadPerClient(options: cli.ServerOptions): Promise<void> {
       live.add(thread);
       thread.logServing(server.log, session, true);
       try {
-        await relayToThread(session, thread, options.cpuMs); // echoOnPort
+        await threads.relayToThread(session, thread, options.cpuMs); // echoOnPort
       } finally {
         live.delete(thread);
         session.close();
@@ -79,14 +78,8 @@ async function threadPerClient(options: cli.ServerOptions): Promise<void> {
 }
 
 /** The thread routine: echo over the worker's end of a client's port. */
-async function echoOnPort(port: MessagePort, cpuMs: number): Promise<void> {
-  const stream = new PortStream(port);
-  try {
-    await echo(stream, stream, { bytesIn: 0, bytesOut: 0 }, cpuMs);
-    await stream.closeWrite();
-    await stream.closed; // until the main thread is done with the client
-  } catch { /* the client is gone */ }
-  stream.close();
+function echoOnPort(stream: PortStream, cpuMs: number): Promise<void> {
+  return echo(stream, stream, { bytesIn: 0, bytesOut: 0 }, cpuMs);
 }
 
 /** echoservert-pre.c, the kernel as the shared buffer: N workers accept. */
@@ -106,11 +99,11 @@ async function listeningPool(options: cli.ServerOptions, size: number) {
       return thread;
     },
   });
-  Thread.onFaultSignal(() => workers.workers[0]);
+  threads.Thread.onFaultSignal(() => workers.workers[0]);
 }
 
 /** A pool worker's thread: accepts on the shared port itself, and echoes. */
-async function acceptInWorker({ options, start, obey }: PoolStart) {
+async function acceptInWorker({ options, start, obey }: threads.PoolStart) {
   const at = listenAt(options);
   const listener = Deno.listen({ ...at, reusePort: true }); // the kernel picks
   const server = new EchoServer(options, listener, start);
@@ -138,7 +131,7 @@ async function relayPool(options: cli.ServerOptions, size: number) {
     onStop: () => workers.end(),
   });
   workers.accept();
-  Thread.onFaultSignal(() => workers.workers[0]);
+  threads.Thread.onFaultSignal(() => workers.workers[0]);
   for (;;) {
     const conn = await server.accept();
     if (!conn) break;
@@ -146,7 +139,7 @@ async function relayPool(options: cli.ServerOptions, size: number) {
       const idle = workers.workers.sort((a, b) => a.clients - b.clients)[0];
       if (!idle) throw new Error("no pool worker is running");
       idle.logServing(server.log, session);
-      return relayToThread(session, idle, options.cpuMs); // echoOnPort
+      return threads.relayToThread(session, idle, options.cpuMs); // echoOnPort
     });
   }
 }
@@ -167,8 +160,9 @@ function spec(): cli.ModelSpec {
       "Threaded echo server: a Web Worker per client, or a pool of N workers that each accept (--pool N).",
     // A worker per client is ~10 MiB: 64 are 0.7 GiB. A pool's: a few KiB.
     defaultMaxConns: (extra) => extra.pool === undefined ? 64 : 10_000,
-    fdsPerClient: (extra) => extra.pool === undefined ? Thread.FDS + 1 : 1,
-    fdsFixed: (extra) => Number(extra.pool ?? 0) * (Thread.FDS + 1),
+    fdsPerClient: (extra) =>
+      extra.pool === undefined ? threads.Thread.FDS + 1 : 1,
+    fdsFixed: (extra) => Number(extra.pool ?? 0) * (threads.Thread.FDS + 1),
     options: {
       pool: {
         type: "count",

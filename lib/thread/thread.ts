@@ -235,14 +235,14 @@ interface WorkerScope {
  * `pool` that cannot listen says why in one line, for the supervisor.
  */
 export function serveInWorker(
-  routine: (port: MessagePort, cpuMs: number) => Promise<void>,
+  routine: (stream: PortStream, cpuMs: number) => Promise<void>,
   pool: (start: PoolStart) => Promise<void>,
 ): void {
   const scope = globalThis as unknown as WorkerScope;
   let obeying = (_command: string) => {};
   scope.onmessage = ({ data }) => {
     if (data === FAULT) throw new Error("fault injected by SIGUSR2");
-    if (data.client) routine(data.client, data.cpuMs);
+    if (data.client) runRoutine(routine, data.client, data.cpuMs);
     else if (data.listen) {
       const { listen: options, ids, who } = data as ListenStart;
       const count = new Int32Array(ids);
@@ -267,6 +267,24 @@ export function serveInWorker(
     } else obeying(data);
   };
   scope.postMessage("ready");
+}
+
+/**
+ * Runs the thread routine on a client's `port`: its end of stream is passed
+ * on, and the port kept until the main thread is done with the client.
+ */
+async function runRoutine(
+  routine: (stream: PortStream, cpuMs: number) => Promise<void>,
+  port: MessagePort,
+  cpuMs: number,
+): Promise<void> {
+  const stream = new PortStream(port);
+  try {
+    await routine(stream, cpuMs);
+    await stream.closeWrite();
+    await stream.closed;
+  } catch { /* the client is gone */ }
+  stream.close();
 }
 
 /**
