@@ -640,10 +640,10 @@ function formatReport(
 }
 
 if (import.meta.main) {
-  // This client speaks no TLS, but Deno loads NODE_EXTRA_CA_CERTS lazily,
-  // and when that happens under a load at the open file limit it warns
-  // ("Ignoring extra certs ... Too many open files"): noise that hides the
-  // real cause. (Without env permission, as by the shebang, it stays.)
+  // This client speaks no TLS, but Deno's own update check (500 ms into a
+  // run, when due) reads NODE_EXTRA_CA_CERTS, and warns when it cannot, as
+  // at the open file limit: noise that hides the real cause. (Without env
+  // permission, as by the shebang, it stays; DENO_NO_UPDATE_CHECK=1 helps.)
   const extraCerts = { name: "env", variable: "NODE_EXTRA_CA_CERTS" } as const;
   if (Deno.permissions.querySync(extraCerts).state === "granted") {
     Deno.env.delete(extraCerts.variable);

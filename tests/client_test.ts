@@ -736,6 +736,42 @@ serverTest(
 );
 
 serverTest(
+  `${CLIENT}: no certificate warning from Deno in a load's one line, even with NODE_EXTRA_CA_CERTS unreadable`,
+  async () => {
+    // Deno's update check (500 ms into a run, when due) builds a TLS client
+    // that reads NODE_EXTRA_CA_CERTS and warns when it cannot: as a missing
+    // file here, as EMFILE at the open file limit.
+    await using server = await startServer("evented.ts", ["--quiet"]);
+    const dir = await Deno.makeTempDir();
+    try {
+      const load = ["--connections", "1000", "--duration", "1"];
+      const { code, stderr } = await new Deno.Command("/bin/sh", {
+        args: [
+          "-c",
+          'ulimit -n 256; exec "$@"',
+          "sh",
+          Deno.execPath(),
+          ...["run", "-A", CLIENT, String(server.port), ...load],
+        ],
+        cwd: ROOT,
+        stdin: "null",
+        stdout: "null",
+        env: { NO_COLOR: "1", NODE_EXTRA_CA_CERTS: `${dir}/missing.pem` },
+        signal: AbortSignal.timeout(20_000),
+      }).output();
+      const text = new TextDecoder().decode(stderr);
+      assert.equal(code, 1, text);
+      assert.match(
+        text,
+        /^client\.ts: \d+ requests failed: \d+ with too many open files \(.+\)\n$/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+serverTest(
   `${CLIENT}: --udp without the net unstable flag says what to add`,
   async () => {
     await using server = await startServer("udp_echo.ts");
