@@ -59,11 +59,10 @@ check, or load generator.
   PORT                 server port, 1 to 65535
   --unix PATH          connect to a Unix domain socket instead
   --udp                send datagrams: one per stdin line, or per request
-  --timeout MS         how long to wait for a connect or an echo, 1 to
-                       86400000 (default 5000; with --udp 1000 per datagram;
-                       10000 per request under a TCP load); interactive: how
-                       long the server may stay silent after the end of stdin
-                       (default 5000)
+  --timeout MS         how long to wait, 1 to 86400000: for a connect, an
+                       echo, and interactive, for the server after the end of
+                       stdin (default 5000); with --udp 1000 per datagram;
+                       under a TCP load 10000 per request
   -h, --help           show this help
 
 one-shot:
