@@ -25,11 +25,12 @@ import { lookup } from "node:dns/promises";
 import {
   fail,
   numberOption,
+  openFileLimit,
   parseCommandLine,
   unbracket,
   usageError,
 } from "./lib/cli.ts";
-import { bindAddressFor } from "./lib/load/lanes.ts";
+import { bindAddressFor, RECEIVE_BUDGET } from "./lib/load/lanes.ts";
 import { listenDatagramOrExit } from "./lib/listen.ts";
 import {
   DEFAULT_UDP_TIMEOUT_MS,
@@ -37,6 +38,7 @@ import {
   type LoadOptions,
   type LoadReport,
   MAX_DATAGRAM,
+  receiveBytes,
   runLoad,
   type Target,
 } from "./lib/load/load.ts";
@@ -57,10 +59,10 @@ check, or load generator.
   PORT                 server port, 1 to 65535
   --unix PATH          connect to a Unix domain socket instead
   --udp                send datagrams: one per stdin line, or per request
-  --timeout MS         how long to wait for a connect or an echo, 1 to
-                       86400000 (default 5000; with --udp 1000 per datagram;
-                       10000 per request under a TCP load); interactive: how
-                       long after the end of stdin the server may stay silent
+  --timeout MS         how long to wait, 1 to 86400000: for a connect, an
+                       echo, and interactive, for the server after the end of
+                       stdin (default 5000); with --udp 1000 per datagram;
+                       under a TCP load 10000 per request
   -h, --help           show this help
 
 one-shot:
@@ -73,7 +75,8 @@ load mode (any of these selects it):
   --duration SECONDS   send requests for this long instead of M each, 0.001
                        to 86400
   --size BYTES         bytes per request, 1 to 67108864; with --udp 0 to 65507
-                       (default 64)
+                       (default 64); memory: SIZE once, plus receive buffers
+                       of at most 64 MiB in all (--udp: SIZE + 1 per sender)
   --new-connection     connect afresh for every request (the per-client cost)
   --json               print the report as one JSON object
 
@@ -152,21 +155,40 @@ async function parseClientArgs(args: string[]): Promise<Command> {
   const duration = number("duration", 0.001, 86_400, false);
   const requests = number("requests", 1, 1e9);
   const maxSize = udp ? MAX_DATAGRAM : 64 * 1024 ** 2;
+  const connections = number("connections", 1, 10_000) ?? 1;
+  const size = number("size", udp ? 0 : 1, maxSize) ?? 64;
+  // Each UDP sender receives into a buffer of its own, whole datagrams: the
+  // one product that could outgrow memory (TCP's buffers shrink instead).
+  const buffers = receiveBytes(connections, size, udp);
+  if (buffers > RECEIVE_BUDGET) {
+    fault(
+      `--connections ${connections} x --size ${size} needs ${
+        mib(buffers)
+      } of datagram buffers (${size + 1} B per sender), more than the ${
+        mib(RECEIVE_BUDGET)
+      } bound`,
+    );
+  }
   return {
     mode: "load",
     json: values.json === true,
     load: {
       ...target,
-      connections: number("connections", 1, 10_000) ?? 1,
+      connections,
       requests: requests ?? (duration === undefined ? 1000 : undefined),
       duration,
-      size: number("size", udp ? 0 : 1, maxSize) ?? 64,
+      size,
       newConnection: values["new-connection"] === true,
       // A server that stops answering mid-run must not hold the client
       // forever: a request unanswered this long counts as an error.
       timeoutMs: timeoutMs ?? (udp ? undefined : DEFAULT_LOAD_TIMEOUT_MS),
     },
   };
+}
+
+/** Bytes in MiB, for messages: `62.5 MiB`. */
+function mib(bytes: number): string {
+  return `${Math.round(bytes / 1024 ** 2 * 10) / 10} MiB`;
 }
 
 /** How the target reads in messages: `127.0.0.1:8080`, `unix:/tmp/e.sock`. */
@@ -349,17 +371,20 @@ async function toStdout(bytes: Uint8Array): Promise<void> {
 
 /**
  * Interactive TCP or Unix: stdin to the server, the server to stdout, until
- * the server closes (after our half-close at stdin EOF, or on its own). With
- * `timeoutMs`, a server silent that long after stdin's end is given up on.
+ * the server closes (after our half-close at stdin EOF, or on its own). A
+ * server silent for `timeoutMs` after stdin's end is given up on.
  */
-async function interactive(target: Target, timeoutMs?: number): Promise<void> {
-  const conn = await connectOrExit(target, timeoutMs ?? DEFAULT_TIMEOUT_MS);
+async function interactive(
+  target: Target,
+  timeoutMs = DEFAULT_TIMEOUT_MS,
+): Promise<void> {
+  const conn = await connectOrExit(target, timeoutMs);
   const where = targetName(target);
   let stdinEnded = false;
   let giveUp: ReturnType<typeof setTimeout> | undefined;
   const waitForServer = () => {
     clearTimeout(giveUp);
-    if (!stdinEnded || timeoutMs === undefined) return;
+    if (!stdinEnded) return; // a person may take their time to type
     giveUp = setTimeout(() => {
       fail(
         SCRIPT,
@@ -474,6 +499,7 @@ async function load(options: LoadOptions, json: boolean): Promise<void> {
   const probe = new TextEncoder().encode("probe\n");
   // Its address is the one that answered: the load asks no name service.
   const [, host] = await exchangeOrExit(options, probe, timeoutMs, false);
+  const room = connectionRoom();
   const stop = new AbortController();
   let interrupts = 0;
   Deno.addSignalListener("SIGINT", () => {
@@ -502,7 +528,7 @@ async function load(options: LoadOptions, json: boolean): Promise<void> {
     fail(
       SCRIPT,
       `${report.errors} requests failed: ${
-        failuresText(report.failures, timeoutMs)
+        failuresText(report.failures, timeoutMs, room)
       }`,
     );
   }
@@ -517,14 +543,38 @@ async function load(options: LoadOptions, json: boolean): Promise<void> {
   Deno.exit(0);
 }
 
+/**
+ * The open file limit (`ulimit -n`) and how many more sockets it leaves room
+ * for now, when /proc tells (with -A only, as openFileLimit says).
+ */
+function connectionRoom(): { limit: number; room: number } | undefined {
+  const limit = openFileLimit();
+  if (limit === undefined) return undefined;
+  try {
+    const open = [...Deno.readDirSync("/proc/self/fd")].length;
+    return { limit, room: Math.max(0, limit - open) };
+  } catch {
+    return undefined;
+  }
+}
+
 /** The failures of a load, by cause, in words. */
-function failuresText(failures: Failures, timeoutMs: number): string {
+function failuresText(
+  failures: Failures,
+  timeoutMs: number,
+  files?: { limit: number; room: number },
+): string {
+  const fdLimit = files
+    ? `ulimit -n ${files.limit} allows about ${files.room} connections`
+    : "see ulimit -n";
   return [
     failures.refused && `${failures.refused} connects refused`,
     failures.reset && `${failures.reset} reset by the server after connecting`,
     failures.closed && `${failures.closed} closed by the server before echoing`,
     failures.timedOut &&
     `${failures.timedOut} with no echo within ${timeoutMs} ms`,
+    failures.tooManyFiles &&
+    `${failures.tooManyFiles} with too many open files (${fdLimit})`,
     failures.other && `${failures.other} failed otherwise`,
   ].filter(Boolean).join(", ");
 }
@@ -589,6 +639,14 @@ function formatReport(
 }
 
 if (import.meta.main) {
+  // This client speaks no TLS, but Deno's own update check (500 ms into a
+  // run, when due) reads NODE_EXTRA_CA_CERTS, and warns when it cannot, as
+  // at the open file limit: noise that hides the real cause. (Without env
+  // permission, as by the shebang, it stays; DENO_NO_UPDATE_CHECK=1 helps.)
+  const extraCerts = { name: "env", variable: "NODE_EXTRA_CA_CERTS" } as const;
+  if (Deno.permissions.querySync(extraCerts).state === "granted") {
+    Deno.env.delete(extraCerts.variable);
+  }
   const command = await parseClientArgs(Deno.args);
   if (command.mode === "load") await load(command.load, command.json);
   else if (command.mode === "message") {

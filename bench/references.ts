@@ -46,7 +46,10 @@ async function rate(
  * the socket the child connects back to, and relaying the bytes.
  */
 async function startAndReapChild(module: string): Promise<void> {
-  const child = spawnChildRole(module, "noop", [], { stdin: "null", stdout: "null" });
+  const child = spawnChildRole(module, "noop", [], {
+    stdin: "null",
+    stdout: "null",
+  });
   await child.stderr.cancel();
   const status = await child.status;
   if (!status.success) throw new Error(`noop child exited ${status.code}`);

@@ -309,7 +309,10 @@ export function listenAddress(
 
 /**
  * Exits 2 with the usage when `--max-conns` is less than the `size` workers
- * (`what`: `--pool 4`, `4 workers`), which could not have a client each.
+ * (`what`: `--pool 4`, `4 workers`), which could not have a client each; or
+ * exits 1 naming `ulimit -n` and how many workers it holds, when the file
+ * descriptor limit is why: too few left for a client per worker, or for the
+ * supervisor's pipes to `size` worker processes.
  */
 export function refuseFewerConns(
   spec: ModelSpec,
@@ -317,7 +320,38 @@ export function refuseFewerConns(
   what: string,
   size: number,
 ): void {
+  const { extra } = options;
+  const processes = spec.fdProcesses?.(extra) ?? 1;
+  const limit = openFileLimit();
+  const room = (limit ?? Infinity) - FD_RESERVE;
+  // The supervising process holds pipes to each worker process: 4 file
+  // descriptors for prefork's (measured), 2 for node:cluster's; 4 for both
+  // errs on the safe side, and every process of the pool computes the same.
+  if (processes > 1 && Math.floor(room / 4) < size) {
+    const fit = Math.max(0, Math.floor(room / 4));
+    fail(
+      spec.script,
+      `ulimit -n ${limit} leaves room for ${fit} worker processes, not ${size} ` +
+        `(the supervisor holds 4 file descriptors per worker, ${FD_RESERVE} for the runtime)`,
+    );
+  }
   if (options.maxConns >= size) return;
+  if (limit !== undefined && options.fdCapNote !== undefined) {
+    const perClient = typeof spec.fdsPerClient === "function"
+      ? spec.fdsPerClient(extra)
+      : spec.fdsPerClient ?? 1;
+    // (Not a pool of processes: each has its own limit, checked above.)
+    // Each worker holds its own descriptors plus at least one client's.
+    const perWorker = (spec.fdsFixed?.(extra) ?? 0) / size + perClient;
+    const fit = Math.max(0, Math.floor(room / perWorker));
+    fail(
+      spec.script,
+      `ulimit -n ${limit} leaves room for ${fit} pool worker${
+        fit === 1 ? "" : "s"
+      }, not ${size} (${perWorker} file descriptors each with a client, ` +
+        `${FD_RESERVE} for the runtime)`,
+    );
+  }
   const why = `--max-conns ${options.maxConns} is less than ${what}`;
   usageError(spec.script, why, serverUsage(spec));
 }

@@ -53,9 +53,43 @@ export async function listenOrExit<L extends Deno.Listener>(
       return listen(at);
     }
   } catch (error) {
-    const why = bindErrorText(error, unix !== undefined);
+    // "Address in use" only for a socket: other files say what they are.
+    const problem = error instanceof Deno.errors.AddrInUse &&
+      unix !== undefined && await unixPathProblem(unix);
+    const why = problem
+      ? `${problem} (not a socket; left as it is)`
+      : bindErrorText(error, unix !== undefined);
     fail(options.script, `cannot listen on ${where}: ${why}`);
   }
+}
+
+/**
+ * What stands at `path` where a Unix socket was to be bound, in a few words
+ * ("is a directory", "is a FIFO", "is a dangling symlink to x"), or
+ * `undefined` for a socket file or nothing. bind(2) says EADDRINUSE for any
+ * of them, which reads as a running server. It only looks: touches nothing.
+ */
+export async function unixPathProblem(
+  path: string,
+): Promise<string | undefined> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.lstat(path);
+  } catch {
+    return undefined; // gone, or not ours to see: bind's own error stands
+  }
+  if (info.isSymlink) {
+    const target = await Deno.readLink(path).catch(() => "?");
+    const dangling = await Deno.stat(path).then(() => "", () => "dangling ");
+    return `is a ${dangling}symlink to ${target}`;
+  }
+  if (info.isSocket) return undefined;
+  if (info.isDirectory) return "is a directory";
+  if (info.isFile) return "is a regular file";
+  if (info.isFifo) return "is a FIFO";
+  if (info.isCharDevice) return "is a character device";
+  if (info.isBlockDevice) return "is a block device";
+  return "is not a socket";
 }
 
 async function isStaleSocket(path: string): Promise<boolean> {

@@ -5,6 +5,7 @@ import {
   assertSameBytes,
   pattern,
   ROOT,
+  rssKiB,
   runScript,
   Script,
   serverTest,
@@ -564,6 +565,7 @@ serverTest(
       reset: 0,
       closed: 4,
       timedOut: 0,
+      tooManyFiles: 0,
       other: 0,
     });
     assert.equal(
@@ -603,6 +605,169 @@ serverTest(
     );
     assert.equal(patient.code, 0, patient.stderr);
     assert.equal(new TextDecoder().decode(patient.stdout), "slowly\n");
+  },
+);
+
+serverTest(
+  `${CLIENT}: stdin mode gives up by default 5000 ms after stdin's end on a server that accepts and never answers`,
+  async () => {
+    // Accepts, and neither reads nor answers nor closes.
+    using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) held.push(conn);
+    })().catch(() => {});
+    try {
+      const started = performance.now();
+      const exit = await runWithStdin(
+        [String(listener.addr.port)],
+        new TextEncoder().encode("anyone?\n"),
+      );
+      const ms = performance.now() - started;
+      assert.equal(exit.code, 1);
+      assert.equal(
+        exit.stderr,
+        `client.ts: 127.0.0.1:${listener.addr.port} neither answered nor closed within 5000 ms after the end of input\n`,
+      );
+      assert.ok(ms >= 5000 && ms < 14_000, `gave up after ${ms} ms`);
+    } finally {
+      listener.close();
+      await accepting;
+      held.forEach((conn) => conn.close());
+    }
+  },
+);
+
+serverTest(
+  `${CLIENT}: --connections 100 --size 64 MiB takes memory for one request, not 100`,
+  async () => {
+    // A Unix socket server that echoes the probe, then holds every
+    // connection unread: the lanes' writes stall in small socket buffers,
+    // and the client's memory is what it allocated up front.
+    const dir = await Deno.makeTempDir();
+    const path = `${dir}/echo.sock`;
+    const listener = Deno.listen({ transport: "unix", path });
+    const held: Deno.Conn[] = [];
+    const allIn = Promise.withResolvers<void>();
+    const accepting = (async () => {
+      for await (const conn of listener) {
+        held.push(conn);
+        if (held.length === 101) allIn.resolve();
+        if (held.length === 1) {
+          const probe = new Uint8Array(6);
+          for (let got = 0; got < 6;) {
+            got += (await conn.read(probe.subarray(got))) ?? 6;
+          }
+          await writeAll(conn, probe);
+        }
+      }
+    })().catch(() => {});
+    try {
+      await using client = new Script(CLIENT, [
+        "--unix",
+        path,
+        "--connections",
+        "100",
+        "--size",
+        String(64 * 1024 ** 2),
+        "--requests",
+        "1",
+      ]);
+      // The probe and all 100 lanes are connected: the lanes are built.
+      await withTimeout(allIn.promise, 20_000, "the probe and 100 lanes");
+      const rss = await rssKiB(client.pid, "VmHWM");
+      // One 64 MiB request pool and 100 receive buffers over the runtime's
+      // own ~100 MiB; a request buffer per lane would be 6.4 GiB.
+      assert.ok(rss < 400 * 1024, `peak RSS ${rss} KiB`);
+    } finally {
+      listener.close();
+      await accepting;
+      held.forEach((conn) => conn.close());
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+serverTest(
+  `${CLIENT}: --udp senders whose buffers exceed the bound: exit 2, the product and the bound in one line`,
+  async () => {
+    const exit = await runScript(CLIENT, [
+      "9",
+      "--udp",
+      "--connections",
+      "2000",
+      "--size",
+      "65507",
+    ]);
+    assert.equal(exit.code, 2);
+    assert.equal(
+      exit.stderr.split("\n")[0],
+      "client.ts: --connections 2000 x --size 65507 needs 124.9 MiB of datagram buffers (65508 B per sender), more than the 64 MiB bound",
+    );
+    assertNoStackTrace(exit.stderr);
+  },
+);
+
+serverTest(
+  `${CLIENT}: a load beyond ulimit -n names the cause and how many connections fit`,
+  async () => {
+    await using server = await startServer("evented.ts", ["--quiet"]);
+    await using client = new Script(CLIENT, [
+      String(server.port),
+      "--connections",
+      "1000",
+      "--requests",
+      "2",
+    ], { fdLimit: 256 });
+    const exit = await client.waitForExit(20_000);
+    assert.equal(exit.code, 1, exit.stderr);
+    // One line: no certificate warning or other noise from Deno.
+    assert.match(
+      exit.stderr,
+      /^client\.ts: \d+ requests failed: \d+ with too many open files \(ulimit -n 256 allows about (\d+) connections\)\n$/,
+    );
+    const fit = Number(exit.stderr.match(/about (\d+)/)![1]);
+    assert.ok(fit > 150 && fit < 256, `about ${fit} connections`);
+    // What did connect was served: two requests each.
+    assert.match(client.lines[0], /: (\d+) in /);
+    const done = Number(client.lines[0].match(/: (\d+) in /)![1]);
+    assert.ok(Math.abs(done - 2 * fit) <= 20, `${done} done, ${fit} fit`);
+  },
+);
+
+serverTest(
+  `${CLIENT}: no certificate warning from Deno in a load's one line, even with NODE_EXTRA_CA_CERTS unreadable`,
+  async () => {
+    // Deno's update check (500 ms into a run, when due) builds a TLS client
+    // that reads NODE_EXTRA_CA_CERTS and warns when it cannot: as a missing
+    // file here, as EMFILE at the open file limit.
+    await using server = await startServer("evented.ts", ["--quiet"]);
+    const dir = await Deno.makeTempDir();
+    try {
+      const load = ["--connections", "1000", "--duration", "1"];
+      const { code, stderr } = await new Deno.Command("/bin/sh", {
+        args: [
+          "-c",
+          'ulimit -n 256; exec "$@"',
+          "sh",
+          Deno.execPath(),
+          ...["run", "-A", CLIENT, String(server.port), ...load],
+        ],
+        cwd: ROOT,
+        stdin: "null",
+        stdout: "null",
+        env: { NO_COLOR: "1", NODE_EXTRA_CA_CERTS: `${dir}/missing.pem` },
+        signal: AbortSignal.timeout(20_000),
+      }).output();
+      const text = new TextDecoder().decode(stderr);
+      assert.equal(code, 1, text);
+      assert.match(
+        text,
+        /^client\.ts: \d+ requests failed: \d+ with too many open files \(.+\)\n$/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 );
 

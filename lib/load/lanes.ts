@@ -4,10 +4,14 @@
  * (a persistent connection, or with `newConnection` a fresh one per request)
  * and the datagram lane; load.ts runs N of them and keeps the books.
  *
- * These loops are the hot path: per lane one request buffer and one receive
- * buffer serve every request, the echo is checked 4 bytes at a time as it
- * arrives, and nothing is allocated per request. docs/client.md has the
- * measurements.
+ * These loops are the hot path: per lane one request and one receive buffer
+ * serve every request, the echo is checked 4 bytes at a time as it arrives,
+ * and nothing is allocated per request. docs/client.md has the measurements.
+ *
+ * Memory is bounded whatever the product of connections and size: the lanes'
+ * requests are views into one shared random pool ({@linkcode requestPool}),
+ * and TCP receive buffers shrink when many lanes share
+ * {@linkcode RECEIVE_BUDGET}.
  *
  * @module
  */
@@ -46,6 +50,41 @@ export interface LaneRun {
 // is read, or client and server would both block writing (a deadlock).
 const WRITE_THEN_READ_LIMIT = 64 * 1024;
 
+/**
+ * What the TCP lanes' receive buffers may take together: up to 1,024 lanes
+ * each get a whole 64 KiB one; more lanes get smaller ones (at least 4 KiB),
+ * so that 10,000 connections need no 640 MiB. UDP lanes cannot shrink theirs
+ * (a datagram is received whole): runLoad refuses what would exceed it.
+ */
+export const RECEIVE_BUDGET = 64 * 1024 * 1024;
+
+// Lane i's request starts this many bytes into the shared pool: distinct
+// bytes per lane (a crossed echo shows as a mismatch) for 64 bytes a lane,
+// not SIZE; a multiple of 4 keeps the word views aligned.
+const LANE_STRIDE = 64;
+
+/**
+ * The random bytes every lane's request is a view of: `size` bytes plus
+ * {@linkcode LANE_STRIDE} per further lane (`lanes` of them).
+ */
+export function requestPool(size: number, lanes: number): Uint8Array {
+  const pool = new Uint8Array(size + LANE_STRIDE * (lanes - 1));
+  for (let at = 0; at < pool.length; at += 65_536) { // the most one call fills
+    crypto.getRandomValues(pool.subarray(at, at + 65_536));
+  }
+  return pool;
+}
+
+/** The receive buffer of each of `lanes` lanes for `size`-byte requests. */
+export function receiveSize(size: number, lanes: number, udp: boolean): number {
+  if (udp) return size + 1; // one byte more, to see an oversize reply
+  const share = Math.max(
+    4096,
+    Math.floor(RECEIVE_BUDGET / lanes / 4096) * 4096,
+  );
+  return Math.min(size, WRITE_THEN_READ_LIMIT, share);
+}
+
 /** One connection (or UDP sender) of a run, with its reusable buffers. */
 export class Lane {
   /** The lane's connection or UDP socket, while it has one. */
@@ -66,16 +105,25 @@ export class Lane {
   readonly requestWords: Int32Array;
   readonly replyWords: Int32Array;
 
-  /** A lane for requests of `size` bytes, over UDP when `udp`. */
-  constructor(size: number, udp: boolean) {
-    this.request = new Uint8Array(size);
-    for (let at = 0; at < size; at += 65_536) { // the most one call fills
-      crypto.getRandomValues(this.request.subarray(at, at + 65_536));
-    }
-    this.reply = new Uint8Array(
-      udp ? size + 1 : Math.min(size, WRITE_THEN_READ_LIMIT),
+  /**
+   * Lane `index` of a run whose requests of `size` bytes are views of
+   * `pool` (from {@linkcode requestPool}); echoes are read into a buffer of
+   * `replySize` bytes ({@linkcode receiveSize}).
+   */
+  constructor(
+    pool: Uint8Array,
+    index: number,
+    size: number,
+    replySize: number,
+  ) {
+    const at = index * LANE_STRIDE;
+    this.request = pool.subarray(at, at + size);
+    this.reply = new Uint8Array(replySize);
+    this.requestWords = new Int32Array(
+      pool.buffer,
+      pool.byteOffset + at,
+      size >>> 2,
     );
-    this.requestWords = new Int32Array(this.request.buffer, 0, size >>> 2);
     const words = this.reply.length >>> 2;
     this.replyWords = new Int32Array(this.reply.buffer, 0, words);
   }

@@ -15,7 +15,15 @@
  */
 import process from "node:process";
 import { unbracket } from "../cli.ts";
-import { datagramLane, Lane, type LaneRun, streamLane } from "./lanes.ts";
+import {
+  datagramLane,
+  Lane,
+  type LaneRun,
+  RECEIVE_BUDGET,
+  receiveSize,
+  requestPool,
+  streamLane,
+} from "./lanes.ts";
 
 /** Where to send load. */
 export interface Target {
@@ -59,10 +67,12 @@ export interface LoadOptions extends Target {
 /**
  * The failed requests of a run by cause: connects `refused`; connections
  * `reset` by the server after connecting, or `closed` by it before the whole
- * echo came back; no echo within the timeout (`timedOut`); `other`.
+ * echo came back; no echo within the timeout (`timedOut`); no socket to be
+ * had, this process being at its open file limit (`tooManyFiles`, EMFILE, or
+ * the system's, ENFILE); `other`.
  */
 export type Failures = Record<
-  "refused" | "reset" | "closed" | "timedOut" | "other",
+  "refused" | "reset" | "closed" | "timedOut" | "tooManyFiles" | "other",
   number
 >;
 
@@ -146,6 +156,19 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   };
 }
 
+/**
+ * Bytes the receive buffers of a run take together: bounded by
+ * RECEIVE_BUDGET over TCP (they shrink), not over UDP (a datagram is
+ * received whole, so runLoad refuses more than the budget).
+ */
+export function receiveBytes(
+  connections: number,
+  size: number,
+  udp: boolean,
+): number {
+  return connections * receiveSize(size, connections, udp);
+}
+
 function checkLoadOptions(options: LoadOptions): void {
   const { connections, requests, duration, size, udp, timeoutMs } = options;
   const whole = (value = NaN, min = 1) =>
@@ -161,6 +184,10 @@ function checkLoadOptions(options: LoadOptions): void {
     ? `size must be a whole number >= ${minSize} (<= ${MAX_DATAGRAM} with udp)`
     : timeoutMs !== undefined && !(timeoutMs > 0)
     ? "timeoutMs must be > 0"
+    : udp && receiveBytes(connections, size, true) > RECEIVE_BUDGET
+    ? `udp: ${connections} senders x ${
+      size + 1
+    } B of receive buffer exceed ${RECEIVE_BUDGET} B`
     : udp && !/^[\d.]+$|:/.test(options.host)
     ? "udp needs an IP address as host"
     : undefined;
@@ -178,6 +205,7 @@ class LoadRun implements LaneRun {
     reset: 0,
     closed: 0,
     timedOut: 0,
+    tooManyFiles: 0,
     other: 0,
   };
   readonly latency: Latencies = new Latencies();
@@ -194,9 +222,12 @@ class LoadRun implements LaneRun {
     this.perLane = duration === undefined ? options.requests! : Infinity;
     this.deadline = this.started + (duration ?? Infinity) * 1000;
     this.timeoutMs = options.timeoutMs ?? (udp ? DEFAULT_UDP_TIMEOUT_MS : 0);
+    const { connections } = options;
+    const pool = requestPool(size, connections);
+    const replySize = receiveSize(size, connections, udp === true);
     this.lanes = Array.from(
-      { length: options.connections },
-      () => new Lane(size, udp === true),
+      { length: connections },
+      (_, i) => new Lane(pool, i, size, replySize),
     );
   }
 
@@ -221,8 +252,7 @@ class LoadRun implements LaneRun {
     if (this.stopped) return;
     if (timedOut && this.options.udp) this.lost++;
     else {
-      const cause = timedOut ? "timedOut" : FAILURES[(error as Error)?.name];
-      this.failures[cause ?? "other"]++;
+      this.failures[timedOut ? "timedOut" : causeOf(error)]++;
     }
   }
 
@@ -305,6 +335,14 @@ const FAILURES: Record<string, keyof Failures> = {
   BrokenPipe: "reset",
   UnexpectedEof: "closed",
 };
+
+/** What a failed request's error says went wrong. */
+function causeOf(error: unknown): keyof Failures {
+  // The open file limits have no error class of their own: only a code.
+  const code = (error as { code?: string })?.code;
+  if (code === "EMFILE" || code === "ENFILE") return "tooManyFiles";
+  return FAILURES[(error as Error)?.name] ?? "other";
+}
 
 function round(value: number, digits: number): number {
   const scale = 10 ** digits;
