@@ -43,7 +43,8 @@ import {
   type Target,
 } from "./lib/load/load.ts";
 import { formatAddr } from "./lib/log.ts";
-import { echo, writeAll } from "./lib/echo.ts";
+import { writeAll } from "./lib/echo.ts";
+import { pipe } from "./lib/relay.ts";
 
 const SCRIPT = "client.ts";
 const DEFAULT_TIMEOUT_MS = 5000;
@@ -393,9 +394,9 @@ async function interactive(
     }, timeoutMs);
   };
   const sending = (async () => {
-    await echo(Deno.stdin, conn, { bytesIn: 0, bytesOut: 0 });
+    // Then a half-close, like `nc -N`: the server sees EOF, echoes the rest.
+    await pipe(Deno.stdin, conn);
     stdinEnded = true;
-    await conn.closeWrite(); // like `nc -N`: the server sees EOF, echoes the rest
     waitForServer();
   })();
   sending.catch(() => {}); // a failed send (the server went away) shows below
@@ -405,9 +406,10 @@ async function interactive(
       await toStdout(bytes);
       return bytes.length;
     },
+    closeWrite: () => Promise.resolve(),
   };
   try {
-    await echo(conn, stdout, { bytesIn: 0, bytesOut: 0 });
+    await pipe(conn, stdout, () => {}, false);
   } catch (error) {
     fail(SCRIPT, `connection to ${where} ${droppedText(error, 0)}`);
   }

@@ -18,26 +18,10 @@
  * Copy with: lib/ (the folder, as it is)
  * Flags without deno.json: the shebang's. MIT licensed; see LICENSE.
  */
-import {
-  DEFAULT_PORT,
-  listenAddress,
-  parseCommandLine,
-  usageError,
-} from "./lib/cli.ts";
-import { formatAddr, Logger } from "./lib/log.ts";
+import { parseServerArgs } from "./lib/cli.ts";
 import { listenDatagramOrExit } from "./lib/listen.ts";
+import { formatAddr, Logger } from "./lib/log.ts";
 import { onShutdownSignal } from "./lib/signals.ts";
-
-const SCRIPT = "udp_echo.ts";
-const USAGE = `usage: deno run -A --unstable-net udp_echo.ts [PORT] [options]
-
-UDP echo server: answers each datagram with the same bytes, one at a time.
-
-  PORT                    UDP port; 0 picks a free one (default ${DEFAULT_PORT})
-  --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
-  --json                  log one JSON object per line
-  --quiet                 log only the banner, shutdown and errors
-  -h, --help              show this help`;
 
 /** The small services (RFC 862-865, 867, 868): a datagram "from" them is forged. */
 const SMALL_SERVICES = new Map([
@@ -62,26 +46,21 @@ function refusal(source: Deno.NetAddr, self: Deno.NetAddr): string | null {
   return null;
 }
 
-// The command line: [PORT] [--host ADDR] [--json] [--quiet].
-const { values, positionals } = await parseCommandLine(
-  Deno.args,
-  {
-    host: { type: "string" },
-    json: { type: "boolean" },
-    quiet: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
-  },
-  SCRIPT,
-  USAGE,
-);
-const usage = (reason: string): never => usageError(SCRIPT, reason, USAGE);
-const { port, host } = listenAddress(positionals, values.host, usage);
-const log = new Logger({
-  json: values.json === true,
-  quiet: values.quiet === true,
+const options = await parseServerArgs(Deno.args, {
+  script: "udp_echo.ts",
+  summary:
+    "UDP echo server: answers each datagram with the same bytes, one at a time.",
+  datagram: true,
+  defaultMaxConns: 1,
+  denoFlags: "-A --unstable-net",
 });
-
-const socket = listenDatagramOrExit(SCRIPT, host, port);
+const log = new Logger(options);
+const socket = listenDatagramOrExit(
+  options.script,
+  options.host,
+  options.port,
+  (at) => Deno.listenDatagram(at),
+);
 const self = socket.addr as Deno.NetAddr;
 
 let stopping = false;

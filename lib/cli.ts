@@ -70,6 +70,11 @@ export interface ModelSpec {
   fixedMaxConns?: boolean;
   /** Why the model cannot listen on a Unix socket, if it cannot. */
   noUnix?: string;
+  /**
+   * A datagram server (udp_echo.ts): a UDP port, `--host`, `--json` and
+   * `--quiet`; no connection, so none of the client options.
+   */
+  datagram?: boolean;
   /** The model's own options; the usage text says `--NAME` + `usage`. */
   options?: Record<string, ModelOption>;
   /** The deno flags a run without deno.json needs, for the usage line. */
@@ -157,8 +162,25 @@ const MAX_CONNS = 1_000_000;
 /** The most CPU one chunk may ask for: a minute. */
 const MAX_CPU_MS = 60_000;
 
-/** The usage text of a TCP server script. */
+/** The options of a datagram server: a subset of {@linkcode COMMON_OPTIONS}. */
+const DATAGRAM_OPTIONS = ["host", "json", "quiet", "help"];
+
+/** The usage text of a server script. */
 export function serverUsage(spec: ModelSpec): string {
+  if (spec.datagram) {
+    return `usage: deno run ${
+      spec.denoFlags ?? "-A"
+    } ${spec.script} [PORT] [options]
+
+${spec.summary}
+
+  PORT                    UDP port, 0 to 65535; 0 picks a free one (default ${DEFAULT_PORT})
+  --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
+  --json                  log one JSON object per line
+  --quiet                 log only the banner, shutdown and errors
+  -h, --help              show this help
+`;
+  }
   const maxConns = typeof spec.defaultMaxConns === "function"
     ? "default: see below"
     : `${spec.fixedMaxConns ? "always" : "default"} ${spec.defaultMaxConns}`;
@@ -365,10 +387,17 @@ export async function parseServerArgs(
   const fault = (reason: string): never =>
     usageError(spec.script, reason, usage);
   const own = spec.options ?? {};
+  const common = spec.datagram
+    ? Object.fromEntries(
+      Object.entries(COMMON_OPTIONS).filter(([name]) =>
+        DATAGRAM_OPTIONS.includes(name)
+      ),
+    )
+    : COMMON_OPTIONS;
   const { values, positionals } = await parseCommandLine(
     args,
     {
-      ...COMMON_OPTIONS,
+      ...common,
       ...Object.fromEntries(
         Object.keys(own).map((name) => [name, { type: "string" }] as const),
       ),

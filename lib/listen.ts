@@ -128,14 +128,20 @@ export function bindErrorText(error: unknown, unix = false): string {
   return message.replace(/ \(os error \d+\)$/, "").toLowerCase();
 }
 
+/** Where a UDP socket binds, as `Deno.listenDatagram` takes it. */
+export type DatagramAt = Deno.UdpListenOptions & { transport: "udp" };
+
 /**
- * Binds a UDP socket on `hostname`:`port`, or exits 1 with one line: the
- * unstable flag that Deno.listenDatagram needs, or why binding failed.
+ * Binds a UDP socket on `hostname`:`port` with `listen` (the model's
+ * `Deno.listenDatagram`), or exits 1 with one line: the unstable flag that
+ * Deno.listenDatagram needs, or why binding failed.
  */
 export function listenDatagramOrExit(
   script: string,
   hostname: string,
   port: number,
+  listen: (at: DatagramAt) => Deno.DatagramConn = (at) =>
+    Deno.listenDatagram(at),
 ): Deno.DatagramConn {
   if (typeof Deno.listenDatagram !== "function") {
     // Run without deno.json and without the shebang's flag.
@@ -145,7 +151,7 @@ export function listenDatagramOrExit(
     );
   }
   try {
-    return Deno.listenDatagram({ transport: "udp", hostname, port });
+    return listen({ transport: "udp", hostname, port });
   } catch (error) {
     const where = formatAddr({ transport: "udp", hostname, port });
     fail(script, `cannot listen on ${where}: ${bindErrorText(error)}`);

@@ -10,11 +10,14 @@
  */
 import { type ByteReader, type ByteWriter, writeAll } from "./echo.ts";
 
-/** One end of a two-way byte stream: a socket, a child's pipes, a port. */
-export interface Duplex extends ByteReader, ByteWriter {
+/** Where bytes go, and can be ended: a socket's sending side, stdout. */
+export interface Sink extends ByteWriter {
   /** Ends the stream towards the other side (its EOF); reading goes on. */
   closeWrite(): Promise<void>;
 }
+
+/** One end of a two-way byte stream: a socket, a child's pipes, a port. */
+export interface Duplex extends ByteReader, Sink {}
 
 /** Bytes read per chunk, each way. */
 const CHUNK = 64 * 1024;
@@ -26,7 +29,7 @@ const CHUNK = 64 * 1024;
  */
 export async function pipe(
   from: ByteReader,
-  to: Duplex,
+  to: Sink,
   moved: (n: number) => void = () => {},
   halfClose = true,
 ): Promise<void> {
@@ -61,7 +64,7 @@ export async function relay(
  * Half-closes `to`; a peer that has already closed its side (NotConnected)
  * has nothing left to be told.
  */
-export async function closeWriteQuietly(to: Duplex): Promise<void> {
+export async function closeWriteQuietly(to: Sink): Promise<void> {
   try {
     await to.closeWrite();
   } catch (error) {
