@@ -2,7 +2,7 @@
 /**
  * bench.ts: every echo server model side by side on the same load.
  *
- * The course notes behind this collection make claims: an iterative server
+ * Every textbook on network servers makes claims: an iterative server
  * makes the next client wait; a process per client is expensive to create;
  * threads are cheaper; a pool removes the creation cost; an event loop stalls
  * when a client needs CPU while threads and processes use every core. This

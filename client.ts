@@ -481,11 +481,20 @@ async function oneShot(
   await toStdout(new Uint8Array([0x0a]));
   const length = Math.min(echoed.length, sent.length);
   let differ = echoed.findIndex((byte, i) => i < length && byte !== sent[i]);
+  if (differ < 0 && echoed.length < sent.length) {
+    // The same words as load mode's for a server that closes early.
+    fail(
+      SCRIPT,
+      `connection to ${targetName(target)} closed by the server before ` +
+        `echoing: ${echoed.length} bytes back for ${sent.length} sent`,
+    );
+  }
   if (differ < 0 && echoed.length !== sent.length) differ = length;
   if (differ >= 0) {
     fail(
       SCRIPT,
-      `the echo differs from the message: ${echoed.length} bytes back for ${sent.length} sent, first difference at byte ${differ}`,
+      `the echo differs from the message: ${echoed.length} bytes back ` +
+        `for ${sent.length} sent, first difference at byte ${differ}`,
     );
   }
   Deno.exit(0);

@@ -10,7 +10,8 @@
  * not, and each worker is one event loop: a client that burns CPU stalls the
  * other clients of its worker. Deno's own APIs can neither fork nor share a
  * socket (cluster.ts uses its Node layer), so each worker binds the port with
- * SO_REUSEPORT (Linux) and the kernel hashes each connection to one of them. More in docs/models/prefork.md.
+ * SO_REUSEPORT (Linux) and the kernel hashes each connection to one of them.
+ * More in docs/models/prefork.md.
  *
  * Run:  deno run -A prefork.ts 8080 --workers 4
  * Try:  `nc 127.0.0.1 8080` a few times: the log names the worker (and its

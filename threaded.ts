@@ -156,8 +156,8 @@ async function main(): Promise<void> {
 function spec(): cli.ModelSpec {
   return {
     script: "threaded.ts",
-    summary:
-      "Threaded echo server: a Web Worker per client, or a pool of N workers that each accept (--pool N).",
+    summary: "Threaded echo server: a Web Worker per client, " +
+      "or a pool of N workers that each accept (--pool N).",
     // A worker per client is ~10 MiB: 64 are 0.7 GiB. A pool's: a few KiB.
     defaultMaxConns: (extra) => extra.pool === undefined ? 64 : 10_000,
     fdsPerClient: (extra) =>

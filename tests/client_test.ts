@@ -517,6 +517,19 @@ async function resettingServer(): Promise<Script & { port: number }> {
 }
 
 serverTest(
+  `${CLIENT}: --message against a server that closes without echoing says so, in load mode's words`,
+  async () => {
+    await using server = closingServer();
+    const exit = await runScript(CLIENT, [`${server.port}`, "--message", "hi"]);
+    assert.equal(exit.code, 1);
+    assert.equal(
+      exit.stderr,
+      `client.ts: connection to 127.0.0.1:${server.port} closed by the server before echoing: 0 bytes back for 2 sent\n`,
+    );
+  },
+);
+
+serverTest(
   `${CLIENT}: a load against a server that closes at once, or resets: one line that says which`,
   async () => {
     for (
