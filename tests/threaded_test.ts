@@ -394,6 +394,8 @@ serverTest(
         /worker 1 \(thread \d+\) died after .*: Uncaught Error: fault injected by SIGUSR2; restarting in \d+ ms$/,
       );
       await server.waitForLine(/worker 3 \(thread \d+\) listening$/);
+      // One log line says it all: no stack trace on stderr.
+      assert.equal(server.stderr, "");
       assert.equal(await roundTripText(other, "unharmed"), "unharmed");
       // Echo goes on, on workers 2 and 3 only.
       const fresh = await Promise.all(

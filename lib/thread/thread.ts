@@ -87,7 +87,7 @@ export class Thread extends CommandedWorker {
     this.#worker.onmessage = ({ data }) => {
       if (data === "ready") ready.resolve(performance.now() - this.started);
       else if (typeof data === "string") this.answer(data);
-      else if (data?.failed) this.#die(data.failed); // said why: no stack
+      else if (data?.failed) this.#die(data.failed, data.uncaught); // no stack
     };
     this.#worker.onerror = (event) => {
       event.preventDefault(); // the process lives on: only this worker died
@@ -225,6 +225,7 @@ export interface PoolStart {
 interface WorkerScope {
   onmessage: ((event: MessageEvent) => void) | null;
   postMessage(message: unknown): void;
+  close(): void;
 }
 
 /**
@@ -266,6 +267,23 @@ export function serveInWorker(
       });
     } else obeying(data);
   };
+  // A bug's uncaught error ends the thread with one log line in the main
+  // thread: Deno 2.9.6 prints a worker's uncaught error with its stack on
+  // stderr even when the main thread handles it, unless the worker does.
+  const die = (event: Event, error: unknown) => {
+    event.preventDefault();
+    const message = error instanceof Error ? error.message : String(error);
+    const uncaught = `Uncaught ${
+      error instanceof Error ? error.name : "Error"
+    }: ${message}`;
+    scope.postMessage({ failed: message, uncaught });
+    scope.close();
+  };
+  globalThis.addEventListener("error", (event) => die(event, event.error));
+  globalThis.addEventListener(
+    "unhandledrejection",
+    (event) => die(event, event.reason),
+  );
   scope.postMessage("ready");
 }
 
