@@ -10,7 +10,7 @@
  * thread, so a client whose request burns CPU stalls all the others.
  *
  * Run:  deno run -A evented.ts 8080
- * Try:  many `nc 127.0.0.1 8080` at once: all are answered. Then restart with
+ * Try:  many `nc -N 127.0.0.1 8080` at once: all are answered. Then restart with
  *       `--cpu-ms 200` and type in two of them at the same time: each echo
  *       waits for the other's 200 ms, because there is only one thread.
  *

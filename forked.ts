@@ -12,7 +12,7 @@
  * Run:  deno run -A forked.ts 8080
  *       deno run -A forked.ts 8080 --exec "tr a-z A-Z"   (inetd: CMD per client)
  *       deno run -A forked.ts 8080 --sh-exec "tr a-z A-Z | rev"
- * Try:  two `nc 127.0.0.1 8080`: the log names a child pid for each. With
+ * Try:  two `nc -N 127.0.0.1 8080`: the log names a child pid for each. With
  *       `--cpu-ms 200`, two clients typing at once are both answered after
  *       200 ms: two cores. `kill -9 CHILD_PID` ends only that client.
  *

@@ -9,7 +9,7 @@
  * which holds everyone else up; `--idle-timeout` bounds how long.
  *
  * Run:  deno run -A iterative.ts 8080
- * Try:  two `nc 127.0.0.1 8080` at once: the second gets no echo until the
+ * Try:  two `nc -N 127.0.0.1 8080` at once: the second gets no echo until the
  *       first one quits. Then restart with `--idle-timeout 5` and leave the
  *       first one silent.
  *

@@ -14,7 +14,7 @@
  * More in docs/models/prefork.md.
  *
  * Run:  deno run -A prefork.ts 8080 --workers 4
- * Try:  `nc 127.0.0.1 8080` a few times: the log names the worker (and its
+ * Try:  `nc -N 127.0.0.1 8080` a few times: the log names the worker (and its
  *       pid) serving each. `kill -9` a worker: its clients are cut, the others
  *       go on, a new worker listens 0.1 s later. With `--cpu-ms 200`, two
  *       clients typing at once are answered together when on two workers,

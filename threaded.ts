@@ -14,7 +14,7 @@
  *
  * Run:  deno run -A threaded.ts 8080            (a worker per client)
  *       deno run -A threaded.ts 8080 --pool 4   (four workers, started once)
- * Try:  `--cpu-ms 200` and type in two `nc 127.0.0.1 8080` at once: both echo
+ * Try:  `--cpu-ms 200` and type in two `nc -N 127.0.0.1 8080` at once: both echo
  *       after 200 ms. `top -H -p PID` shows the log's "worker N" as worker-N.
  *       With `--pool 2`, `kill -USR2 PID` makes the first worker throw: its
  *       clients are cut, a new worker takes its place, the others go on.
