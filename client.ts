@@ -25,11 +25,11 @@ import { lookup } from "node:dns/promises";
 import {
   fail,
   numberOption,
-  openFileLimit,
   parseCommandLine,
   unbracket,
   usageError,
 } from "./lib/cli.ts";
+import { openFileLimit } from "./lib/fd_limit.ts";
 import { bindAddressFor, RECEIVE_BUDGET } from "./lib/load/lanes.ts";
 import { listenDatagramOrExit } from "./lib/listen.ts";
 import {

@@ -9,6 +9,7 @@
 // is parsed, because loading it costs every child process and Worker ~13 ms
 // of start-up (measured), and those parse no command line.
 import type { ParseArgsOptionsConfig } from "node:util";
+import { capToFileLimit, fdsPerClient, poolOverFileLimit } from "./fd_limit.ts";
 
 /** The echo service's customary unprivileged port (port 7 needs root). */
 export const DEFAULT_PORT = 8080;
@@ -94,53 +95,6 @@ export interface ModelSpec {
    * (default 1): a pre-forked pool's workers.
    */
   fdProcesses?: (extra: ServerOptions["extra"]) => number;
-}
-
-/** Descriptors a Deno process holds before any client: runtime, listener, log. */
-const FD_RESERVE = 40;
-
-/** The soft limit on open files (`ulimit -n`), if /proc tells. */
-export function openFileLimit(): number | undefined {
-  // Deno opens /proc only with every permission (-A), and short of that it
-  // would prompt at a terminal; --allow-ffi comes with -A and hardly alone.
-  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
-    return undefined;
-  }
-  try {
-    const limits = Deno.readTextFileSync("/proc/self/limits");
-    const soft = limits.match(/^Max open files\s+(\d+|unlimited)/m)?.[1];
-    return soft === undefined || soft === "unlimited"
-      ? undefined
-      : Number(soft);
-  } catch {
-    return undefined; // not Linux: trust the user
-  }
-}
-
-/**
- * Caps `maxConns` to the clients that `ulimit -n` leaves room for, at
- * `perClient` descriptors each: a server out of descriptors fails accepts
- * and spawns, while one under its cap keeps the rest waiting in the backlog.
- */
-function capToFileLimit(
-  maxConns: number,
-  perClient: number,
-  fixed = 0,
-  processes = 1,
-): { maxConns: number; note?: string } {
-  const limit = openFileLimit();
-  if (limit === undefined) return { maxConns };
-  const each = Math.floor((limit - FD_RESERVE - fixed) / perClient);
-  const fits = Math.max(1, processes * each);
-  if (fits >= maxConns) return { maxConns };
-  const room = processes > 1
-    ? `${each} clients in each of ${processes} processes`
-    : `${fits} clients`;
-  return {
-    maxConns: fits,
-    note: `--max-conns ${maxConns} lowered to ${fits}: ulimit -n ${limit} ` +
-      `leaves room for ${room} at ${perClient} file descriptor(s) each`,
-  };
 }
 
 const COMMON_OPTIONS = {
@@ -342,38 +296,9 @@ export function refuseFewerConns(
   what: string,
   size: number,
 ): void {
-  const { extra } = options;
-  const processes = spec.fdProcesses?.(extra) ?? 1;
-  const limit = openFileLimit();
-  const room = (limit ?? Infinity) - FD_RESERVE;
-  // The supervising process holds pipes to each worker process: 4 file
-  // descriptors for prefork's (measured), 2 for node:cluster's; 4 for both
-  // errs on the safe side, and every process of the pool computes the same.
-  if (processes > 1 && Math.floor(room / 4) < size) {
-    const fit = Math.max(0, Math.floor(room / 4));
-    fail(
-      spec.script,
-      `ulimit -n ${limit} leaves room for ${fit} worker processes, not ${size} ` +
-        `(the supervisor holds 4 file descriptors per worker, ${FD_RESERVE} for the runtime)`,
-    );
-  }
+  const tooMany = poolOverFileLimit(spec, options, size);
+  if (tooMany) fail(spec.script, tooMany);
   if (options.maxConns >= size) return;
-  if (limit !== undefined && options.fdCapNote !== undefined) {
-    const perClient = typeof spec.fdsPerClient === "function"
-      ? spec.fdsPerClient(extra)
-      : spec.fdsPerClient ?? 1;
-    // (Not a pool of processes: each has its own limit, checked above.)
-    // Each worker holds its own descriptors plus at least one client's.
-    const perWorker = (spec.fdsFixed?.(extra) ?? 0) / size + perClient;
-    const fit = Math.max(0, Math.floor(room / perWorker));
-    fail(
-      spec.script,
-      `ulimit -n ${limit} leaves room for ${fit} pool worker${
-        fit === 1 ? "" : "s"
-      }, not ${size} (${perWorker} file descriptors each with a client, ` +
-        `${FD_RESERVE} for the runtime)`,
-    );
-  }
   const why = `--max-conns ${options.maxConns} is less than ${what}`;
   usageError(spec.script, why, serverUsage(spec));
 }
@@ -431,12 +356,9 @@ export async function parseServerArgs(
     max: MAX_CONNS,
     integer: true,
   }, fault) ?? defaultMaxConns;
-  const perClient = typeof spec.fdsPerClient === "function"
-    ? spec.fdsPerClient(extra)
-    : spec.fdsPerClient ?? 1;
   const { maxConns, note } = capToFileLimit(
     asked,
-    perClient,
+    fdsPerClient(spec, extra),
     spec.fdsFixed?.(extra),
     spec.fdProcesses?.(extra),
   );

@@ -1,0 +1,103 @@
+/**
+ * What `ulimit -n` allows a server: how many clients fit at a model's file
+ * descriptors per client (`--max-conns` is capped to that, with one log
+ * line), and whether a pool fits at all (else one line that names the limit
+ * and how many would fit). A server out of descriptors fails accepts and
+ * spawns; one under its cap keeps the rest waiting in the backlog.
+ *
+ * @module
+ */
+import type { ModelSpec, ServerOptions } from "./cli.ts";
+
+/** Descriptors a Deno process holds before any client: runtime, listener, log. */
+const FD_RESERVE = 40;
+
+/** The soft limit on open files (`ulimit -n`), if /proc tells. */
+export function openFileLimit(): number | undefined {
+  // Deno opens /proc only with every permission (-A), and short of that it
+  // would prompt at a terminal; --allow-ffi comes with -A and hardly alone.
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+    return undefined;
+  }
+  try {
+    const limits = Deno.readTextFileSync("/proc/self/limits");
+    const soft = limits.match(/^Max open files\s+(\d+|unlimited)/m)?.[1];
+    return soft === undefined || soft === "unlimited"
+      ? undefined
+      : Number(soft);
+  } catch {
+    return undefined; // not Linux: trust the user
+  }
+}
+
+/**
+ * Caps `maxConns` to the clients that `ulimit -n` leaves room for, at
+ * `perClient` descriptors each: a server out of descriptors fails accepts
+ * and spawns, while one under its cap keeps the rest waiting in the backlog.
+ */
+export function capToFileLimit(
+  maxConns: number,
+  perClient: number,
+  fixed = 0,
+  processes = 1,
+): { maxConns: number; note?: string } {
+  const limit = openFileLimit();
+  if (limit === undefined) return { maxConns };
+  const each = Math.floor((limit - FD_RESERVE - fixed) / perClient);
+  const fits = Math.max(1, processes * each);
+  if (fits >= maxConns) return { maxConns };
+  const room = processes > 1
+    ? `${each} clients in each of ${processes} processes`
+    : `${fits} clients`;
+  return {
+    maxConns: fits,
+    note: `--max-conns ${maxConns} lowered to ${fits}: ulimit -n ${limit} ` +
+      `leaves room for ${room} at ${perClient} file descriptor(s) each`,
+  };
+}
+
+/** File descriptors one served client costs a process of `spec`'s model. */
+export function fdsPerClient(
+  spec: ModelSpec,
+  extra: ServerOptions["extra"],
+): number {
+  return typeof spec.fdsPerClient === "function"
+    ? spec.fdsPerClient(extra)
+    : spec.fdsPerClient ?? 1;
+}
+
+/**
+ * Why a pool of `size` workers cannot run under `ulimit -n`, in one line, or
+ * undefined when it can: too few descriptors for the supervisor's pipes to
+ * `size` worker processes, or for a client per worker thread.
+ */
+export function poolOverFileLimit(
+  spec: ModelSpec,
+  options: ServerOptions,
+  size: number,
+): string | undefined {
+  const { extra } = options;
+  const processes = spec.fdProcesses?.(extra) ?? 1;
+  const limit = openFileLimit();
+  const room = (limit ?? Infinity) - FD_RESERVE;
+  // The supervising process holds pipes to each worker process: 4 file
+  // descriptors for prefork's (measured), 2 for node:cluster's; 4 for both
+  // errs on the safe side, and every process of the pool computes the same.
+  if (processes > 1 && Math.floor(room / 4) < size) {
+    const fit = Math.max(0, Math.floor(room / 4));
+    return `ulimit -n ${limit} leaves room for ${fit} worker processes, ` +
+      `not ${size} (the supervisor holds 4 file descriptors per worker, ` +
+      `${FD_RESERVE} for the runtime)`;
+  }
+  if (options.maxConns >= size) return undefined;
+  if (limit === undefined || options.fdCapNote === undefined) return undefined;
+  // (Not a pool of processes: each has its own limit, checked above.)
+  // Each worker holds its own descriptors plus at least one client's.
+  const perWorker = (spec.fdsFixed?.(extra) ?? 0) / size +
+    fdsPerClient(spec, extra);
+  const fit = Math.max(0, Math.floor(room / perWorker));
+  return `ulimit -n ${limit} leaves room for ${fit} pool worker${
+    fit === 1 ? "" : "s"
+  }, not ${size} (${perWorker} file descriptors each with a client, ` +
+    `${FD_RESERVE} for the runtime)`;
+}
