@@ -215,6 +215,13 @@ export function markdown(result: BenchResult, chart?: string): string {
       "",
       "## Targets",
       "",
+      ...(result.settings.quick
+        ? [
+          "A smoke run (--quick) is too short to pass or miss a target: the " +
+          "ratios are shown, the verdicts are left to a real run.",
+          "",
+        ]
+        : []),
       "| target | measured | goal | |",
       "| --- | ---: | ---: | --- |",
       ...result.ratios.map((ratio) => {

@@ -13,7 +13,8 @@ export interface Ratio {
   value: number | null;
   /** `>= 0.9x`, `<= 30 KB`, or `(none)`. */
   goal: string;
-  result: "PASS" | "MISS" | "n/a";
+  /** "smoke": measured by a --quick run, too short to pass or miss. */
+  result: "PASS" | "MISS" | "n/a" | "smoke";
   unit: string;
 }
 
@@ -163,7 +164,13 @@ export function computeRatios(result: BenchResult): Ratio[] {
         : t.max !== undefined
         ? `<= ${t.max}${unit}`
         : "(none)",
-      result: !hasGoal || ratio === null ? "n/a" : pass ? "PASS" : "MISS",
+      result: !hasGoal || ratio === null
+        ? "n/a"
+        : result.settings.quick
+        ? "smoke"
+        : pass
+        ? "PASS"
+        : "MISS",
       unit,
     };
   });
