@@ -129,3 +129,21 @@ Deno.test("no script line is over 100 columns, no lib/ module over 400 lines", a
     assert.ok(lines.length <= 400, `${path} has ${lines.length} lines`);
   }
 });
+
+Deno.test("docs/models point at the right lines: each [`call`](../../SCRIPT.ts#LN) is on line N", async () => {
+  let links = 0;
+  for await (const entry of Deno.readDir(`${ROOT}docs/models`)) {
+    const page = await Deno.readTextFile(`${ROOT}docs/models/${entry.name}`);
+    const link = /\[`([^`]+)`[^\]]*\]\(\.\.\/\.\.\/([\w.]+\.ts)#L(\d+)\)/g;
+    for (const [, call, script, line] of page.matchAll(link)) {
+      const lines = (await Deno.readTextFile(`${ROOT}${script}`)).split("\n");
+      const text = lines[Number(line) - 1] ?? "";
+      assert.ok(
+        text.includes(call),
+        `${entry.name}: ${script}:${line} is "${text.trim()}", not ${call}`,
+      );
+      links++;
+    }
+  }
+  assert.ok(links >= 20, `only ${links} links to the scripts' lines`);
+});
