@@ -80,7 +80,7 @@ for (const model of MODELS) {
   );
 
   serverTest(
-    `${model}: its header names exactly the modules it imports, and a copy of them runs by its shebang`,
+    `${model}: what its header says to copy (lib/) is all it imports, and a copy made as git has the files, run bit included, runs by its shebang and echoes`,
     async () => {
       const source = await Deno.readTextFile(`${ROOT}${model}`);
       const named = copyWith(source);
