@@ -1,0 +1,54 @@
+/**
+ * The one plain sentence a class should notice in a snapshot.
+ *
+ * @module
+ */
+import type { Snapshot } from "./snapshot.ts";
+
+/** One plain sentence for a class: the most telling fact on screen. */
+export function noticeOf(s: Snapshot): string | null {
+  const plural = (n: number, word: string) =>
+    `${n} ${word}${n === 1 ? "" : word.endsWith("s") ? "es" : "s"}`;
+  if (s.waiting > 0) {
+    const verb = s.waiting === 1 ? "waits" : "wait";
+    return `${plural(s.waiting, "client")} ${verb} in the kernel's backlog: ` +
+      "connected, not yet accepted.";
+  }
+  const queued = s.processes.flatMap((p) => p.clients)
+    .find((c) => (c.sendQ ?? 0) + (c.recvQ ?? 0) > 0);
+  if (queued) {
+    return `bytes wait in the kernel for ${queued.peer}: one side is not ` +
+      "reading fast enough (backpressure).";
+  }
+  if (s.listeners.length > 1) {
+    return `${s.listeners.length} listening sockets on one port ` +
+      "(SO_REUSEPORT): the kernel picks one per new client; each has its own queue.";
+  }
+  const holders = s.listeners[0]?.pids ?? [];
+  if (holders.length > 1) {
+    const workers = s.processes
+      .filter((p) => holders.includes(p.pid) && p.role === "worker").length;
+    const who = workers === holders.length
+      ? `${workers} workers`
+      : `${holders.length} processes (${workers} workers)`;
+    return `one listening socket held by ${who}: whichever accepts first ` +
+      "takes the next client.";
+  }
+  const children = s.processes.filter((p) => p.role === "child").length;
+  if (children > 0 && s.clients > 0) {
+    return `${plural(children, "child process")} for ${
+      plural(s.clients, "client")
+    }: ` +
+      "a process per client.";
+  }
+  const named = s.processes.reduce((n, p) => n + p.namedThreads.length, 0);
+  if (named > 0) {
+    return `${plural(named, "worker thread")} in one process: a thread per ` +
+      "client, or a pool.";
+  }
+  if (s.clients > 1 && s.processes.length === 1) {
+    return `${s.clients} clients, one process, one thread serving them all: ` +
+      "an event loop.";
+  }
+  return null;
+}
