@@ -103,10 +103,19 @@ for (;;) {
   }
   if (values.json) console.log(JSON.stringify(snapshot));
   else {
-    const width = terminal ? Deno.consoleSize().columns : 100;
+    const width = terminal ? columns() : 100;
     const screen = render(snapshot, intervalS, width);
     console.log(terminal ? `\x1b[H\x1b[2J${screen}` : `${screen}\n`);
   }
   if (values.once) break;
   await sleep(intervalS * 1000 - (performance.now() - started));
+}
+
+/** The terminal's width, or 100 when it cannot tell. */
+function columns(): number {
+  try {
+    return Deno.consoleSize().columns;
+  } catch {
+    return 100;
+  }
 }
