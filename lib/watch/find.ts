@@ -83,13 +83,18 @@ function topOf(holders: number[]): number {
   return top;
 }
 
-/** The program a process runs: its script (`prefork.ts`) or executable. */
+/**
+ * The program a process runs, enough to tell a worker from its parent's own
+ * parent: the executable, its first word (`deno run` is not `deno test`) and
+ * the script (`prefork.ts`), each without its directory.
+ */
 function program(pid: number): string {
-  const argv = proc.cmdline(pid);
+  const argv = proc.cmdline(pid).map((arg) => arg.replace(/^.*\//, ""));
+  const word = argv.slice(1).find((arg) => !arg.startsWith("-"));
   const script = argv.slice(1).find((arg) =>
     /\.(ts|js|mjs|cjs|py|rb|pl)$/.test(arg)
   );
-  return (script ?? argv[0] ?? "").replace(/^.*\//, "");
+  return [argv[0], word, script].join(" ");
 }
 
 function depth(pid: number): number {
