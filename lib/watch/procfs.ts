@@ -48,17 +48,23 @@ export function tcpSockets(port?: number): TcpSocket[] {
       text = Deno.readTextFileSync(file);
     } catch { /* no IPv6 in this kernel */ }
     // Each line: "sl: LOCAL:PORT REMOTE:PORT ST TX:RX ... UID TIMEOUT INODE".
-    for (let at = text.indexOf("\n") + 1; at > 0 && at < text.length;) {
-      const end = text.indexOf("\n", at);
-      const line = text.slice(at, end < 0 ? text.length : end);
-      at = end + 1;
-      const local = line.indexOf(": ") + 2;
-      const colon = line.indexOf(":", local);
-      const state = line.indexOf(" ", colon + 6) + 1; // after REMOTE:PORT
-      const wanted = hexPort === undefined
-        ? line.slice(state, state + 2) === "0A" // LISTEN
-        : line.slice(colon + 1, colon + 6) === `${hexPort} `;
-      if (!wanted) continue;
+    // The text's own search finds the lines wanted: ":PORT " (local or
+    // remote) or " 0A " (the state LISTEN: no other field holds letters and
+    // blanks so).
+    const needle = hexPort === undefined ? " 0A " : `:${hexPort} `;
+    for (let hit = text.indexOf(needle); hit >= 0;) {
+      const start = text.lastIndexOf("\n", hit) + 1;
+      const next = text.indexOf("\n", hit);
+      const end = next < 0 ? text.length : next;
+      hit = text.indexOf(needle, end);
+      const line = text.slice(start, end);
+      const local = line.indexOf(":", line.indexOf(": ") + 2);
+      if (
+        hexPort !== undefined &&
+        line.slice(local + 1, local + 6) !== `${hexPort} `
+      ) {
+        continue; // the remote port: the client's end
+      }
       const f = line.trim().split(/\s+/);
       if (f.length < 10) continue;
       const [tx, rx] = f[4].split(":");
