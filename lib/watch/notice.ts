@@ -34,6 +34,14 @@ export function noticeOf(s: Snapshot): string | null {
     return `one listening socket held by ${who}: whichever accepts first ` +
       "takes the next client.";
   }
+  const dealer = s.processes[0];
+  if (
+    holders.length === 1 && holders[0] === dealer?.pid &&
+    dealer.clients.length === 0 && s.clients > 0
+  ) {
+    return "the parent holds the one listening socket and none of the " +
+      "clients: it accepts each one and hands it to a worker.";
+  }
   const children = s.processes.filter((p) => p.role === "child").length;
   if (children > 0 && s.clients > 0) {
     return `${plural(children, "child process")} for ${

@@ -70,7 +70,7 @@ function processLines(p: Process, root: number): string[] {
   }
   for (const c of p.clients.slice(0, CLIENTS_SHOWN)) {
     const queues = c.recvQ === null
-      ? "queues not in /proc for Unix sockets"
+      ? "(no name, no queue sizes in /proc for a Unix socket)"
       : `Recv-Q ${c.recvQ}, Send-Q ${c.sendQ}`;
     lines.push(
       `  ${indent}    client ${c.peer}  ${queues}, seen ${c.seenSeconds} s`,

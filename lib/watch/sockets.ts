@@ -45,11 +45,7 @@ export function socketsOf(
         if (s.path !== path || s.listening) continue;
         // A connection not yet accepted is in the table, held by no file.
         if (s.inode === 0) waiting++;
-        else {found.clients.set(s.inode, {
-            peer: "unix",
-            recvQ: null,
-            sendQ: null,
-          });}
+        else found.clients.set(s.inode, UNIX_PEER);
       }
       for (const s of unix) {
         if (s.path === path && s.listening) {
@@ -61,9 +57,7 @@ export function socketsOf(
           waiting = 0; // one listener per path: the waiting are its own
         }
       }
-      for (let i = 0; i < found.listeners[0]?.waiting; i++) {
-        found.waitingPeers.push("unix");
-      }
+      // waitingPeers stays empty: a Unix client bound to no path has no name.
       return found;
     }
     if ("unix" in target) return found;
@@ -97,6 +91,8 @@ export function socketsOf(
   return found;
 }
 
+/** A Unix client: no name (it bound no path), no queue sizes in /proc. */
+const UNIX_PEER = { peer: "unix", recvQ: null, sendQ: null };
 const ESTABLISHED = 0x01;
 const CLOSE_WAIT = 0x08;
 
