@@ -16,9 +16,13 @@ export function noticeOf(s: Snapshot): string | null {
   }
   const queued = s.processes.flatMap((p) => p.clients)
     .find((c) => (c.sendQ ?? 0) + (c.recvQ ?? 0) > 0);
-  if (queued) {
-    return `bytes wait in the kernel for ${queued.peer}: one side is not ` +
-      "reading fast enough (backpressure).";
+  if (queued?.sendQ) {
+    return `${queued.sendQ} bytes to ${queued.peer} wait in the kernel: ` +
+      "that client is not reading what it is sent (backpressure).";
+  }
+  if (queued?.recvQ) {
+    return `${queued.recvQ} bytes from ${queued.peer} wait in the kernel, ` +
+      "not yet read: the server is busy, or holds back.";
   }
   if (s.listeners.length > 1) {
     return `${s.listeners.length} listening sockets on one port ` +
@@ -54,9 +58,15 @@ export function noticeOf(s: Snapshot): string | null {
     return `${plural(named, "worker thread")} in one process: a thread per ` +
       "client, or a pool.";
   }
+  const [only] = s.processes;
   if (s.clients > 1 && s.processes.length === 1) {
-    return `${s.clients} clients, one process, one thread serving them all: ` +
-      "an event loop.";
+    // Deno has 2 threads named as its process; a thread per client adds one
+    // each (a C or Python server's threads carry their process's name).
+    return only.plainThreads > s.clients
+      ? `${s.clients} clients in one process of ${only.plainThreads} ` +
+        "like-named threads: a thread per client."
+      : `${s.clients} clients, one process, no thread per client: ` +
+        "an event loop serves them all.";
   }
   return null;
 }

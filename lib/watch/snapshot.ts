@@ -53,6 +53,9 @@ export interface Process {
   rssKiB: number;
   threads: number;
   namedThreads: NamedThread[];
+  /** Threads named as the process is (its own main one too): a C or Python
+   * server's threads, which name none of their own. */
+  plainThreads: number;
   clients: Client[];
 }
 
@@ -168,6 +171,7 @@ export class Watcher {
         rssKiB: proc.status(pid)?.rssKiB ?? 0,
         threads: threads.count,
         namedThreads: threads.named,
+        plainThreads: threads.plain,
         clients,
       };
     });
@@ -209,16 +213,18 @@ export class Watcher {
   #threads(pid: number, stat: proc.Stat, now: number) {
     const tids = proc.tasks(pid);
     const named: NamedThread[] = [];
+    let plain = 1;
     for (const tid of tids) {
       if (tid === pid) continue;
       const task = proc.stat(`${pid}/task/${tid}`);
+      if (task?.name === stat.name) plain++;
       if (!task || task.name === stat.name || RUNTIME_THREADS.has(task.name)) {
         continue;
       }
       const cpuPercent = this.#percent(`${pid}/${tid}`, task, now);
       named.push({ tid, name: task.name, cpuPercent });
     }
-    return { count: tids.length, named };
+    return { count: tids.length, named, plain };
   }
 }
 
