@@ -121,35 +121,13 @@ const DATAGRAM_OPTIONS = ["host", "json", "quiet", "help"];
 
 /** The usage text of a server script. */
 export function serverUsage(spec: ModelSpec): string {
-  if (spec.datagram) {
-    return `usage: deno run ${
-      spec.denoFlags ?? "-A"
-    } ${spec.script} [PORT] [options]
-
-${spec.summary}
-
-  PORT                    UDP port, 0 to 65535; 0 picks a free one (default ${DEFAULT_PORT})
-  --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
-  --json                  log one JSON object per line
-  --quiet                 log only the banner, shutdown and errors
-  -h, --help              show this help
-`;
-  }
   const maxConns = typeof spec.defaultMaxConns === "function"
     ? "default: see below"
     : `${spec.fixedMaxConns ? "always" : "default"} ${spec.defaultMaxConns}`;
   const own = Object.entries(spec.options ?? {}).map(([name, option]) =>
     `  --${name} ${option.usage}`
   );
-  return `usage: deno run ${
-    spec.denoFlags ?? "-A"
-  } ${spec.script} [PORT] [options]
-
-${spec.summary}
-
-  PORT                    TCP port, 0 to 65535; 0 picks a free one (default ${DEFAULT_PORT})
-  --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
-${
+  const connections = `${
     spec.noUnix
       ? ""
       : "  --unix PATH             listen on a Unix domain socket instead of TCP\n"
@@ -162,7 +140,22 @@ ${
                           (0 to ${MAX_SECONDS}; default 5)
   --nodelay               set TCP_NODELAY on client sockets
   --keepalive             set SO_KEEPALIVE on client sockets
-  --json                  log one JSON object per line
+`;
+  return `usage: deno run ${
+    spec.denoFlags ?? "-A"
+  } ${spec.script} [PORT] [options]
+
+${spec.summary}
+
+  PORT                    ${
+    spec.datagram ? "UDP" : "TCP"
+  } port, 0 to 65535; 0 picks a free one (default ${DEFAULT_PORT})
+  --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
+${
+    spec.datagram
+      ? ""
+      : connections
+  }  --json                  log one JSON object per line
   --quiet                 log only the banner, shutdown and errors
   -h, --help              show this help
 ${own.length ? `\n${own.join("\n")}\n` : ""}`;

@@ -9,20 +9,13 @@ import assert from "node:assert/strict";
 import {
   ROOT,
   roundTripText,
+  SCRIPTS,
   serverTest,
   startServer,
   withTimeout,
 } from "./harness.ts";
 
-const MODELS = [
-  "iterative.ts",
-  "evented.ts",
-  "forked.ts",
-  "threaded.ts",
-  "prefork.ts",
-  "cluster.ts",
-  "udp_echo.ts",
-].filter((model) => exists(`${ROOT}${model}`));
+const MODELS = SCRIPTS.slice(0, 7).filter((model) => exists(`${ROOT}${model}`));
 
 function exists(path: string): boolean {
   try {

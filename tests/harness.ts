@@ -10,6 +10,20 @@ import assert from "node:assert/strict";
 /** The project root, where the scripts and deno.json live. */
 export const ROOT: string = new URL("..", import.meta.url).pathname;
 
+/** The runnable scripts at the root: the seven models first, then the tools. */
+export const SCRIPTS: readonly string[] = [
+  "iterative.ts",
+  "evented.ts",
+  "forked.ts",
+  "threaded.ts",
+  "prefork.ts",
+  "cluster.ts",
+  "udp_echo.ts",
+  "client.ts",
+  "bench.ts",
+  "watch.ts",
+];
+
 /** How a subprocess ended, with everything it wrote on stderr. */
 export interface Exit {
   code: number;

@@ -8,20 +8,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { ROOT } from "./harness.ts";
-
-const SCRIPTS = [
-  "iterative.ts",
-  "evented.ts",
-  "forked.ts",
-  "threaded.ts",
-  "prefork.ts",
-  "cluster.ts",
-  "udp_echo.ts",
-  "client.ts",
-  "bench.ts",
-  "watch.ts",
-];
+import { ROOT, SCRIPTS } from "./harness.ts";
 
 /** What each model must call itself, in its code (comments aside). */
 const PRIMITIVES: Record<string, [string, RegExp][]> = {
