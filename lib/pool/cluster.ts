@@ -13,7 +13,7 @@
 import cluster from "node:cluster";
 import type { ListenOptions, Server, Socket } from "node:net";
 import process from "node:process";
-import { fail, type ServerOptions } from "../cli.ts";
+import { fail, openFileLimit, type ServerOptions } from "../cli.ts";
 import { bindErrorText, listenOrExit } from "../listen.ts";
 import { describeExit, formatAddr, Logger } from "../log.ts";
 import { EchoServer, onShutdownSignal } from "../serve.ts";
@@ -65,12 +65,28 @@ interface Role {
 
 const ROLE = "CLUSTER_POOL_WORKER";
 
-/** The environment for `cluster.fork()` that makes worker `slot` of a pool. */
+/**
+ * The environment for `cluster.fork()` that makes worker `slot` of a pool.
+ * Throws (the pool then says "cannot start worker N: why" and exits 1) when
+ * the primary lacks the file descriptors a worker costs it: 2 while it runs
+ * (IPC channel, pidfd), 1 while its socket is sent, and a margin. Short of
+ * them, Deno 2.9.6 throws out of node:cluster's own handler (uncaught, no
+ * worker named), or misses a worker's exit (with a margin of 5, once).
+ */
 export function workerEnv(
   slot: number,
   addr: Deno.Addr,
   share: number,
 ): Record<string, string> {
+  const spare: Deno.FsFile[] = [];
+  try {
+    while (spare.length < 10) spare.push(Deno.openSync("/dev/null"));
+  } catch { /* short */ }
+  spare.forEach((file) => file.close());
+  if (spare.length < 10) {
+    const limit = openFileLimit(); // read once the spares are closed
+    throw new Error(`out of file descriptors (ulimit -n ${limit ?? "?"})`);
+  }
   const role: Role = { slot, address: workerAddress(addr), share };
   return { [ROLE]: JSON.stringify(role) };
 }
