@@ -1,74 +1,99 @@
 #!/usr/bin/env -S deno run -A
 /**
  * Clustered echo server: N worker processes accept on ONE listening socket
- * (node:cluster), or a primary accepts and passes each client to the next.
+ * (node:cluster), or a primary accepts and deals each client to the next.
  *
- * The seeds' pre-forked pool done exactly (UNP serv02): the socket is bound
- * once and every worker accepts on it, so its one queue gives each connection
- * to whichever worker asks first, an idle one, never a busy one; prefork.ts's
- * workers (SO_REUSEPORT) get connections hashed to them blindly, busy or not.
+ * The classic pre-forked server (UNP serv02): the socket is bound once and
+ * every worker accepts on it, so a worker stalled by a client takes no new
+ * one, the others do; prefork.ts's workers (SO_REUSEPORT) get connections
+ * hashed to them, busy or not. But the kernel wakes the worker that was last
+ * active first, and it may take a whole burst (docs/models/cluster.md).
  * `--schedule round-robin` is UNP serv05: the primary accepts and deals each
- * client to the next worker, evenly but blind to load, one more hop each.
- * Deno's own sockets cannot leave their process; its Node compatibility
- * layer passes them between processes (Unix, Deno >= 2.8.1): the one way to
- * share a socket here, a Unix one too. Clients over --max-conns (the total)
- * wait unread: round-robin, in the primary for any worker; shared, in the
- * worker that took them, as Deno's node:net cannot stop accepting.
+ * client to the next worker with room, evenly but blind to load. Deno's own
+ * sockets cannot leave their process; its Node layer passes them (Deno >=
+ * 2.8.1, Unix): the one way to share a socket here, a Unix one too.
  *
  * Run:  deno run -A cluster.ts 8080 --workers 4 [--schedule round-robin]
- * Try:  `nc 127.0.0.1 8080` a few times: the log names each client's worker.
- *       `kill -9` a worker: only its clients are cut; a new one starts. With
- *       `--cpu-ms 3000`, type in one client, connect others: shared, each is
- *       taken at once; round-robin, every other one waits for the busy one.
+ * Try:  `nc -N 127.0.0.1 8080` a few times: the log names each client's
+ *       worker. `kill -9` a worker: only its clients are cut; a new one
+ *       starts. With `--cpu-ms 3000`, type in one client, connect others:
+ *       shared, each is taken at once; round-robin, every other one waits.
  *
  * Copy with: lib/ (the folder, as it is)
- * Flags without deno.json: the shebang's (Deno runs the workers with -A
- * whatever the primary has). MIT licensed; see LICENSE. docs/models/cluster.md
+ * Flags without deno.json: the shebang's (workers run with -A whatever the
+ * primary has). MIT licensed; see LICENSE. docs/models/cluster.md
  */
 import cluster from "node:cluster";
 import net from "node:net";
 import * as cli from "./lib/cli.ts";
-import { ClusterPool, ClusterWorker } from "./lib/pool/cluster.ts";
+import { burnCpu } from "./lib/echo.ts";
 import {
-  workerCount,
-  WORKERS_OPTION,
-  workersOf,
-} from "./lib/pool/supervisor.ts";
+  ClusterMember,
+  ClusterWorker,
+  Dealer,
+  reserveAddress,
+  workerEnv,
+} from "./lib/pool/cluster.ts";
+import { release } from "./lib/pool/node_serve.ts";
+import * as pool from "./lib/pool/supervisor.ts";
+
+/** The echo (RFC 862) on a node:net socket: each chunk read is written back. */
+function echo(socket: net.Socket, cpuMs: number): void {
+  socket.on("data", (chunk: Uint8Array) => {
+    burnCpu(cpuMs); // --cpu-ms: what each request costs the worker
+    if (!socket.write(chunk, () => release(chunk))) socket.pause(); // full
+  });
+  socket.on("drain", () => socket.resume());
+  socket.on("end", () => socket.end()); // half-close, once all is written
+}
 
 /** A worker: echoes the clients it accepts, or is handed, until told to stop. */
 async function work(options: cli.ServerOptions): Promise<void> {
-  const worker = new ClusterWorker(options);
-  if (schedule(options) === "round-robin") return worker.listen(); // handed
-  // UNP serv02: every worker accepts on the one socket. In a worker,
-  // node:cluster makes listen() take a copy of the primary's socket.
-  const listener = net.createServer(
-    { pauseOnConnect: true }, // read by whoever serves it, not before
-    (socket) => worker.serve(socket), // or kept, unread, while it is full
+  // Its log lines, --max-conns share, --idle-timeout and drain: lib/.
+  const worker = new ClusterWorker(
+    options,
+    (socket) => echo(socket, options.cpuMs),
   );
-  await worker.listen(listener);
+  if (schedule(options) === "round-robin") return worker.listen(); // handed
+  // UNP serv02: in a worker, node:cluster makes listen() take a copy of the
+  // primary's socket, so all accept on one.
+  const server = net.createServer(
+    { pauseOnConnect: true }, // read by whoever serves it, not before
+    (socket) => worker.serve(socket),
+  );
+  await worker.listen(server);
 }
 
-/** The primary: keeps the workers; in round-robin, accepts and deals. */
+/** The primary: forks the workers and keeps them; round-robin: deals too. */
 async function primary(options: cli.ServerOptions): Promise<void> {
-  const size = workersOf(options.extra);
-  const pool = new ClusterPool(
+  const size = pool.workersOf(options.extra);
+  // UNP serv05: the primary accepts; each client goes to the next worker
+  // with room, or waits here, unread, until one has.
+  const dealer = schedule(options) === "round-robin"
+    ? new Dealer(
+      net.createServer(
+        { pauseOnConnect: true },
+        (socket) => dealer!.deal(socket),
+      ),
+    )
+    : undefined;
+  cluster.schedulingPolicy = cluster.SCHED_NONE; // shared: the workers accept
+  // Deno 2.9.6 forks process.argv[1], a placeholder ($deno$node.mjs) when the
+  // script runs from a URL: fork the script itself.
+  cluster.setupPrimary({ exec: import.meta.filename ?? import.meta.url });
+  await pool.supervise({
     options,
     size,
-    [workerCount(size), schedule(options)],
-    { workers: size, schedule: schedule(options) },
-  );
-  if (schedule(options) === "round-robin") {
-    // UNP serv05: the primary accepts, and each client goes to the next
-    // worker with room, or waits here, unread, until one has.
-    await pool.reserve(net.createServer(
-      { pauseOnConnect: true },
-      (socket) => pool.deal(socket),
-    ));
-  } else {
-    await pool.reserve();
-    cluster.schedulingPolicy = cluster.SCHED_NONE; // the workers share it
-  }
-  pool.start();
+    banner: [pool.workerCount(size), schedule(options)],
+    fields: { workers: size, schedule: schedule(options) },
+    reserve: (options) => reserveAddress(options, dealer),
+    // Restarts, give-up, banner and stop: supervisor.ts's Pool.
+    start: (slot, addr) => {
+      const share = pool.shareOf(options.maxConns, size, slot);
+      const worker = cluster.fork(workerEnv(slot, addr, share));
+      return new ClusterMember(worker, slot, share, dealer);
+    },
+  });
 }
 
 const spec: cli.ModelSpec = {
@@ -76,9 +101,9 @@ const spec: cli.ModelSpec = {
   summary:
     "Clustered echo server: N worker processes accept on one shared socket.",
   defaultMaxConns: 10_000,
-  fdProcesses: workersOf,
+  fdProcesses: pool.workersOf,
   options: {
-    workers: WORKERS_OPTION,
+    workers: pool.WORKERS_OPTION,
     schedule: {
       type: "string",
       usage: `MODE         shared (default): every worker accepts on the one
@@ -92,11 +117,12 @@ function schedule(options: cli.ServerOptions): string {
 }
 
 const options = await cli.parseServerArgs(Deno.args, spec);
-const fault = (why: string) =>
-  cli.usageError(spec.script, why, cli.serverUsage(spec));
 if (!["shared", "round-robin"].includes(schedule(options))) {
-  fault(`--schedule must be shared or round-robin, not "${schedule(options)}"`);
+  const why = `--schedule must be shared or round-robin, not "${
+    schedule(options)
+  }"`;
+  cli.usageError(spec.script, why, cli.serverUsage(spec));
 }
-const size = workersOf(options.extra);
-cli.refuseFewerConns(spec, options, workerCount(size), size);
+const size = pool.workersOf(options.extra);
+cli.refuseFewerConns(spec, options, pool.workerCount(size), size);
 await (cluster.isPrimary ? primary(options) : work(options));

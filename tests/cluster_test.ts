@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { echoServerConformance } from "./conformance.ts";
 import {
   assertCtrlCDrains,
+  assertNoStackTrace,
   assertOrphansDrain,
   assertPoolStopsOn,
   assertServedBeyondFdLimit,
@@ -11,9 +12,11 @@ import {
   processState,
   processTree,
   replacementOf,
+  ROOT,
   roundTripText,
+  Script,
   servedBy,
-  type Server,
+  Server,
   serverTest,
   settlesWithin,
   startServer,
@@ -35,6 +38,32 @@ function servers(server: Server, event: "connected" | "closed"): number[] {
     );
     return match ? [Number(match[1])] : [];
   });
+}
+
+/**
+ * The processes in process group `pgid` (a server started `detached` leads
+ * its own group, and its workers are in it), zombies aside: what is left.
+ */
+async function groupMembers(pgid: number): Promise<number[]> {
+  const members: number[] = [];
+  for await (const entry of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const stat = await Deno.readTextFile(`/proc/${entry.name}/stat`)
+      .catch(() => "");
+    // pid (comm) state ppid pgrp ...: comm may hold blanks, not ")".
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (Number(pgrp) === pgid && state !== "Z") members.push(+entry.name);
+  }
+  return members;
+}
+
+/** Resolves once nothing is left of process group `pgid` (at most 5 s). */
+function groupGone(pgid: number): Promise<unknown> {
+  return eventually(
+    async () => (await groupMembers(pgid)).length === 0,
+    5000,
+    `nothing left of process group ${pgid}`,
+  );
 }
 
 /** Connects, echoes once, leaves; `count` times, one after the other. */
@@ -318,4 +347,102 @@ serverTest(
     assert.ok(connected.worker >= 1 && connected.worker <= cpus);
   },
   { ignore: navigator.hardwareConcurrency > 8 },
+);
+
+for (const schedule of SCHEDULES) {
+  serverTest(
+    `cluster.ts ${schedule}: 10 Ctrl-Cs in a row, then SIGTERM and SIGHUP 3 times each, to the process group with a client connected: exit 0 and "stopped" every time, no stack trace, nothing left`,
+    async () => {
+      const signals = [
+        ...Array<Deno.Signal>(10).fill("SIGINT"),
+        ...Array<Deno.Signal>(3).fill("SIGTERM"),
+        ...Array<Deno.Signal>(3).fill("SIGHUP"),
+      ];
+      for (const [run, signal] of signals.entries()) {
+        const what = `${signal} to the group, run ${run + 1}`;
+        await using server = await startServer(
+          "cluster.ts",
+          pool(schedule, "--grace", "20"),
+          { detached: true },
+        );
+        using client = await server.connect();
+        assert.equal(await roundTripText(client, "before"), "before");
+        Deno.kill(-server.pid, signal);
+        await server.waitForLine(
+          new RegExp(`^\\[pid ${server.pid}\\] stopping \\(${signal}\\)`),
+        );
+        assert.equal(await roundTripText(client, "during"), "during", what);
+        client.close();
+        const exit = await server.waitForExit();
+        assert.equal(exit.code, 0, `${what}: ${exit.stderr}`);
+        assert.equal(exit.stderr, "", what);
+        assert.equal(server.lines.at(-1), `[pid ${server.pid}] stopped`, what);
+        await groupGone(server.pid);
+      }
+    },
+    { ms: 120_000 },
+  );
+
+  serverTest(
+    `cluster.ts ${schedule} --workers 32 under ulimit -n 64: the worker that cannot start is named in one line, exit 1, nothing left`,
+    async () => {
+      await using run = new Script(
+        "cluster.ts",
+        ["0", ...pool(schedule).slice(2), "--workers", "32"],
+        { fdLimit: 64, detached: true },
+      );
+      const exit = await run.waitForExit(30_000);
+      assert.equal(exit.code, 1, exit.stderr);
+      assertNoStackTrace(exit.stderr);
+      assert.match(
+        exit.stderr,
+        /^cluster\.ts: cannot start worker \d+: out of file descriptors \(ulimit -n 64\)\n$/,
+      );
+      assert.doesNotMatch(run.lines.join("\n"), /listening on/);
+      await groupGone(run.pid);
+    },
+    { ms: 60_000 },
+  );
+}
+
+serverTest(
+  "cluster.ts runs from a URL (served over loopback HTTP, .ts as application/typescript): its workers fork from the URL too, echo, and it stops with exit 0",
+  async () => {
+    const http = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      async (request) => {
+        const path = new URL(request.url).pathname;
+        if (path.includes("..")) return new Response(null, { status: 403 });
+        try {
+          const body = await Deno.readFile(`${ROOT}${path}`);
+          const type = path.endsWith(".ts")
+            ? "application/typescript"
+            : "text/plain";
+          return new Response(body, { headers: { "content-type": type } });
+        } catch {
+          return new Response(null, { status: 404 });
+        }
+      },
+    );
+    try {
+      const url = `http://127.0.0.1:${http.addr.port}/cluster.ts`;
+      // `deno run -A --reload URL 0 --workers 2`, as a user would.
+      await using server = new Server("--reload", [url, "0", ...TWO]);
+      const banner = await server.waitForLine(/./, 60_000);
+      const port = Number(
+        banner.match(/^listening on 127\.0\.0\.1:(\d+) /)?.[1],
+      );
+      assert.ok(port, `not a banner: ${banner}; stderr: ${server.stderr}`);
+      assert.equal((await childrenOf(server.pid)).length, 2);
+      using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      assert.equal(await roundTripText(conn, "from a URL"), "from a URL");
+      conn.close();
+      server.kill("SIGTERM");
+      const exit = await server.waitForExit();
+      assert.equal(exit.code, 0, exit.stderr);
+    } finally {
+      await http.shutdown();
+    }
+  },
+  { ms: 90_000 },
 );

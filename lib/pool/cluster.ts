@@ -1,10 +1,12 @@
 /**
- * A pool of node:cluster worker processes, cluster.ts's plumbing: each
- * worker's side (serve its share of the clients, keep the others unread,
- * obey the primary) and the primary's (keep the workers with supervisor.ts's
- * policy: restart with backoff, give up after 5 failed starts, one banner once
- * all listen, a two-phase stop; and deal the waiting clients to workers with
- * room). Workers and primary pass sockets over node:cluster's IPC channel.
+ * cluster.ts's plumbing around node:cluster. The primary's side: a
+ * {@linkcode ClusterMember} makes a forked `cluster.Worker` a PoolWorker, so
+ * supervisor.ts's Pool keeps it (restart with backoff, give-up, banner, the
+ * two-phase stop) over node:cluster's IPC channel in commands.ts's words; a
+ * {@linkcode Dealer} deals the clients the primary accepts (round-robin). The
+ * worker's side: a {@linkcode ClusterWorker} serves its share of clients
+ * through serve.ts's EchoServer (node_serve.ts adapts the sockets), keeps the
+ * others unread, and obeys the primary.
  *
  * @module
  */
@@ -12,13 +14,14 @@ import cluster from "node:cluster";
 import type { ListenOptions, Server, Socket } from "node:net";
 import process from "node:process";
 import { fail, type ServerOptions } from "../cli.ts";
+import { openFileLimit } from "../fd_limit.ts";
 import { bindErrorText, listenOrExit } from "../listen.ts";
-import * as log from "../log.ts";
-import { onShutdownSignal } from "../signals.ts";
-import { Backoff } from "./supervisor.ts";
-import { NodeEchoServer } from "./node_serve.ts";
+import { formatAddr } from "../log.ts";
 import { describeExit } from "../process/children.ts";
-import { sleep, within } from "../time.ts";
+import { EchoServer } from "../serve.ts";
+import { onShutdownSignal } from "../signals.ts";
+import { CommandedWorker } from "./commands.ts";
+import { connOf, type SocketHandler, socketHandler } from "./node_serve.ts";
 
 /** Where the pool listens: node:net's form of the reserved address. */
 type Address = ListenOptions & { path?: string };
@@ -26,14 +29,17 @@ type Address = ListenOptions & { path?: string };
 /** Listens `server` on `address`; rejects with "cannot listen on X: why". */
 function listenOn(server: Server, address: Address): Promise<void> {
   const { path, host: hostname = "", port = 0 } = address;
-  const where = path ?? log.formatAddr({ transport: "tcp", hostname, port });
+  const where = path ? `unix:${path}` : formatAddr({
+    transport: "tcp",
+    hostname,
+    port,
+  });
   return new Promise((resolve, reject) => {
     server.once("error", (error: NodeJS.ErrnoException) => {
       // In listen.ts's words, which know Deno's errors.
       const inUse = error.code === "EADDRINUSE";
       const why = inUse ? new Deno.errors.AddrInUse() : error;
-      const text = bindErrorText(why, path !== undefined);
-      reject(`cannot listen on ${path ? "unix:" : ""}${where}: ${text}`);
+      reject(`cannot listen on ${where}: ${bindErrorText(why, !!path)}`);
     }).listen(address, resolve);
   });
 }
@@ -63,48 +69,118 @@ interface Role {
 const ROLE = "CLUSTER_POOL_WORKER";
 
 /**
- * This process as a worker of a {@linkcode ClusterPool}: serves at most its
- * share of clients, accepted (`listen`) or handed over by the primary, and
- * keeps the others, unread, until one of its own leaves; obeys the primary:
- * `accept` (the banner is out), `stop-accepting`, then `drain` (the clients
- * get `--grace` seconds) or `end` (now). A stop signal, or the primary's
- * death, drains too.
+ * The environment for `cluster.fork()` that makes worker `slot` of a pool.
+ * Throws (the pool then says "cannot start worker N: why" and exits 1) when
+ * the primary lacks the file descriptors a worker costs it: 2 while it runs
+ * (IPC channel, pidfd), 1 while its socket is sent, and a margin. Short of
+ * them, Deno 2.9.6 throws out of node:cluster's own handler (uncaught, no
+ * worker named), or misses a worker's exit (with a margin of 5, once).
+ */
+export function workerEnv(
+  slot: number,
+  addr: Deno.Addr,
+  share: number,
+): Record<string, string> {
+  const spare: Deno.FsFile[] = [];
+  try {
+    while (spare.length < 10) spare.push(Deno.openSync("/dev/null"));
+  } catch { /* short */ }
+  spare.forEach((file) => file.close());
+  if (spare.length < 10) {
+    const limit = openFileLimit(); // read once the spares are closed
+    throw new Error(`out of file descriptors (ulimit -n ${limit ?? "?"})`);
+  }
+  const role: Role = { slot, address: workerAddress(addr), share };
+  return { [ROLE]: JSON.stringify(role) };
+}
+
+/**
+ * Finds the pool's address (port 0 becomes a free one) and frees it for the
+ * pool to bind; exits 1 with one line if it is taken. With a dealer, the
+ * primary listens on it, to accept and deal the clients.
+ */
+export async function reserveAddress(
+  options: ServerOptions,
+  dealer?: Dealer,
+): Promise<{ addr: Deno.Addr; close(): void }> {
+  const probe = await listenOrExit(options);
+  const addr = probe.addr;
+  probe.close(); // Deno unlinks a Unix socket it closes; Node binds only then
+  if (options.unix) await Deno.remove(options.unix).catch(() => {});
+  if (dealer) await dealer.listen(workerAddress(addr), options.script);
+  return { addr, close() {} };
+}
+
+function workerAddress(addr: Deno.Addr): Address {
+  const where = addr as Deno.NetAddr | Deno.UnixAddr;
+  return "path" in where
+    ? { path: where.path }
+    : { host: where.hostname, port: where.port };
+}
+
+/**
+ * This process as worker of a pool: serves at most its share of clients,
+ * accepted on the pool's one socket (`listen`) or handed over by the
+ * primary, and keeps the others, unread, until one of its own leaves. Obeys
+ * the primary's words (commands.ts): `accept` (the banner is out),
+ * `stop-accepting`, `drain REASON`, `end`; and drains when the primary dies.
  */
 export class ClusterWorker {
-  /** The worker's echo server. */
-  readonly server: NodeEchoServer;
+  /** The echo server its clients are served by (its log, counts, drain). */
+  readonly server: EchoServer;
   #role: Role = JSON.parse(process.env[ROLE]!);
   #waiting: Socket[] = []; // before the banner, or over the share: unread
+  #serving = 0;
   #accepting = false;
+  #refusing = false; // told to stop accepting
   #listener?: Server;
-  #stopping = false;
-  #drained?: Promise<void>;
+  #told = false; // the primary has given a stop word
+  #stopping?: Promise<void>;
+  #closed = Promise.withResolvers<never>(); // the "listener" EchoServer holds
 
-  /** Joins the pool, with the primary's command line. */
-  constructor(options: ServerOptions) {
-    this.server = new NodeEchoServer(options, this.#role.slot, () => {
-      if (!this.#listener) this.#tell("closed"); // the primary deals: it counts
-      const next = this.#waiting.shift();
-      if (next) this.serve(next), rearmAccept(this.#listener);
+  /** Joins the pool; `handler` serves each client (cluster.ts's echo). */
+  constructor(options: ServerOptions, readonly handler: SocketHandler) {
+    const who = { pid: Deno.pid, worker: this.#role.slot };
+    const { path, host: hostname = "", port = 0 } = this.#role.address;
+    const listener = {
+      addr: path
+        ? { transport: "unix", path }
+        : { transport: "tcp", hostname, port },
+      accept: () => this.#closed.promise, // we accept with node:net
+      close: () => this.#closed.reject(new Deno.errors.BadResource()),
+    } as unknown as Deno.Listener;
+    this.#closed.promise.catch(() => {});
+    this.server = new EchoServer(options, listener, {
+      who,
+      signals: false,
+      announce: false,
     });
-    process.on("message", (word, socket?: Socket) => {
-      if (word === "client") this.serve(socket!);
-      if (word === "accept") {
-        this.#accepting = true;
-        this.#waiting.splice(0).forEach((socket) => this.serve(socket));
+    process.on("message", (word: string, socket?: Socket) => {
+      const [command, reason = "supervisor"] = String(word).split(" ");
+      if (command === "client") return this.serve(socket!);
+      if (command === "accept") this.#accept();
+      this.#told ||= command !== "accept";
+      if (command === "stop-accepting") this.#stopAccepting();
+      if (command === "drain" || command === "end") {
+        this.#stop(reason, command === "end");
       }
-      if (word === "stop-accepting") this.#stopAccepting();
-      if (word === "drain" || word === "end") this.#stop(word === "end");
     });
-    onShutdownSignal((_, count) => this.#stop(count > 1));
+    // A Ctrl-C signals the whole group: the primary then tells us the same,
+    // so we wait for its word; stopping on our own and exiting before it
+    // writes to us broke its pipe (Deno 2.9.6). Signalled alone, we stop 1 s
+    // later.
+    onShutdownSignal((signal, count) => {
+      if (!process.connected) return this.#stop(signal, count > 1);
+      setTimeout(() => this.#told || this.#stop(signal, count > 1), 1000);
+    });
     // The primary's death (SIGKILL too) closes our channel to it: we drain
     // then, instead of node:cluster's exit(0). Deno 2.9.6 may miss it, so a
     // change of parent (to pid 1 or a subreaper) tells as well.
     cluster.worker!.exitedAfterDisconnect = true;
-    process.on("disconnect", () => this.#stop());
+    process.on("disconnect", () => this.#stop("primary gone"));
     const parent = process.ppid;
     const lifeline = setInterval(() => {
-      if (process.ppid !== parent) this.#stop(), clearInterval(lifeline);
+      if (process.ppid !== parent) this.#stop("primary gone");
     }, 500);
     Deno.unrefTimer(lifeline);
   }
@@ -116,14 +192,18 @@ export class ClusterWorker {
    * can, has no pause, and closing the listener drops what it took.)
    */
   serve(socket: Socket): void {
-    const { server } = this;
-    const { share } = this.#role;
-    if (this.#stopping) socket.destroy();
-    else if (!this.#accepting || server.active >= share) {
-      this.#waiting.push(socket);
-    } else {
-      server.serve(socket);
+    if (this.#refusing) return void socket.destroy();
+    if (!this.#accepting || this.#serving >= this.#role.share) {
+      return void this.#waiting.push(socket);
     }
+    this.#serving++;
+    const handler = socketHandler(socket, this.handler);
+    this.server.serve(connOf(socket), handler).then(() => {
+      this.#serving--;
+      if (!this.#listener) this.#tell("closed"); // the primary deals: it counts
+      const next = this.#waiting.shift();
+      if (next) this.serve(next), rearmAccept(this.#listener);
+    });
   }
 
   /**
@@ -140,136 +220,152 @@ export class ClusterWorker {
     }
     listener?.on("error", (error) => this.server.log.error(`${error}`));
     this.#listener = listener;
-    this.#accepting = !listener; // the primary deals only after the banner
+    if (!listener) this.#accept(); // the primary deals only after the banner
     this.#tell("listening");
   }
 
+  #accept(): void {
+    this.#accepting = true;
+    this.#waiting.splice(0).forEach((socket) => this.serve(socket));
+  }
+
+  /** Says `word` to the primary; a gone primary is the lifeline's business. */
   #tell(word: unknown): void {
-    try {
-      if (process.connected) process.send!(word);
-    } catch { /* the primary is gone: the lifeline drains us */ }
+    if (process.connected) process.send!(word, undefined, undefined, () => {});
   }
 
   #stopAccepting(): void {
-    this.#stopping = true;
+    this.#refusing = true;
     this.#listener?.close();
     this.#waiting.splice(0).forEach((socket) => socket.destroy());
-    this.#tell("not-accepting");
+    this.server.stopAccepting().then(() => this.#tell("not-accepting"));
   }
 
-  #stop(now = false): void {
-    if (!this.#stopping) this.#stopAccepting();
-    this.#drained ??= this.server.stop().then(() => Deno.exit(0));
-    if (now) this.server.stop(); // its second call ends the clients at once
-  }
-}
-
-/** The primary's side of one worker process. */
-class Member {
-  readonly name: string;
-  readonly fields: { worker: number; workerPid?: number };
-  accepting = false; // listening, and told the banner is out
-  clients = 0; // dealt to it and not closed yet (round-robin)
-  readonly notAccepting = Promise.withResolvers<void>();
-  readonly gone = Promise.withResolvers<void>();
-
-  constructor(
-    readonly worker: ReturnType<typeof cluster.fork>,
-    slot: number,
-    readonly share: number,
-  ) {
-    this.name = `worker ${slot} (pid ${worker.process.pid})`;
-    this.fields = { worker: slot, workerPid: worker.process.pid };
-  }
-
-  /** Sends a word, unless the worker is gone. */
-  send(word: string): void {
-    try {
-      if (this.worker.isConnected()) this.worker.send(word);
-    } catch { /* it exited just now (a broken pipe): its exit is handled */ }
+  #stop(reason: string, now = false): void {
+    if (!this.#refusing) this.#stopAccepting();
+    this.#stopping ??= this.server.shutdown(reason).then(() => Deno.exit(0));
+    if (now) this.server.shutdown(reason); // its second call ends clients now
   }
 }
 
 /**
- * The primary of N node:cluster workers: reserves the address, forks the
- * workers, prints the banner once all listen, restarts those that die
- * (0.1 s doubling to 5 s, reset after 10 s of health; 5 failed starts in a
- * row: exit 1 with one line), deals clients to workers with room, and stops
- * in two phases on SIGINT, SIGTERM or SIGHUP (a second one ends clients now).
+ * A forked `cluster.Worker` as supervisor.ts drives it: the words go over
+ * node:cluster's IPC channel, a write that fails because the worker has just
+ * exited is dropped (its exit is reported), and its exit is reported with
+ * why it could not listen, if it said so.
  */
-export class ClusterPool {
-  /** The primary's log. */
-  readonly log: log.Logger;
-  #members: (Member | undefined)[] = [];
-  #waiting: Socket[] = []; // accepted, unread: no worker has room yet
-  #acceptor?: Server;
-  #spare?: Deno.FsFile; // a descriptor kept for passing sockets on
-  #addr?: Deno.Addr;
-  #turn = 0;
-  #listened = new Set<number>(); // the slots whose worker has listened
-  #bannered = false;
-  #stopping = false;
-  #code = 0;
-  #restarts = new AbortController();
+export class ClusterMember extends CommandedWorker {
+  /** `worker 2 (pid 4242)`. */
+  readonly name: string;
+  /** `{ worker: 2, workerPid: 4242 }`, for JSON log lines. */
+  readonly fields: Record<string, unknown>;
+  /** Listening, and the banner is out (the dealer may hand it clients). */
+  accepting = false;
+  /** Clients dealt to it and not closed yet (round-robin). */
+  clients = 0;
 
-  /** A pool of `size` workers; `banner` words follow the model's name. */
+  /** Takes the worker `cluster.fork()` just started as worker `slot`. */
   constructor(
-    readonly options: ServerOptions,
-    readonly size: number,
-    readonly banner: string[],
-    readonly fields: Record<string, unknown>,
+    readonly worker: ReturnType<typeof cluster.fork>,
+    slot: number,
+    readonly share: number,
+    readonly dealer?: Dealer,
   ) {
-    this.log = new log.Logger(options);
-    // First of all: from now on no signal can kill us and leave workers.
-    onShutdownSignal((signal, count) =>
-      count === 1 ? this.stop(signal) : this.#tellAll("end")
-    );
+    super();
+    const { pid } = worker.process;
+    this.name = `worker ${slot} (pid ${pid})`;
+    this.fields = { worker: slot, workerPid: pid };
+    const started = performance.now();
+    let error: string | undefined;
+    dealer?.join(this);
+    worker.on("message", (word) => {
+      if (word?.failed) error = word.failed;
+      else if (word === "closed") this.clients--, dealer?.feed();
+      else this.answer(word);
+    });
+    // A failed write without a callback is an "error" event: uncaught, it
+    // would end the primary. Our sends have callbacks; this is for the rest.
+    worker.on("error", () => {});
+    worker.on("exit", (code: number | null, signal: string | null) => {
+      dealer?.leave(this);
+      const status = { success: false, code: code ?? 1, signal } as const;
+      const ms = performance.now() - started;
+      const { text, fields } = describeExit(status as Deno.CommandStatus, ms);
+      this.ended({ text, fields, error });
+    });
   }
 
-  /**
-   * Finds the address (port 0 becomes a free one) and frees it for the pool
-   * to bind; exits 1 with one line if it is taken. With `acceptor`, listens
-   * on it: the primary accepts, and deals the clients to the workers.
-   */
-  async reserve(acceptor?: Server): Promise<void> {
-    const probe = await listenOrExit(this.options);
-    this.#addr = probe.addr;
-    probe.close(); // Deno unlinks a Unix socket it closes; Node binds only then
-    if (this.options.unix) await Deno.remove(this.options.unix).catch(() => {});
-    if (!acceptor) return;
-    await listenOn(acceptor, this.#address())
-      .catch((why) => fail(this.options.script, why));
-    acceptor.on("error", (error) => this.log.error(`accept: ${error}`));
-    this.#acceptor = acceptor;
+  /** Round-robin: only sockets go to it from now on (see Dealer.deal). */
+  override accept(): void {
+    this.accepting = true;
+    if (this.dealer) this.dealer.feed();
+    else super.accept();
+  }
+
+  /** The primary stops accepting too, before any worker says it has. */
+  override stopAccepting(): Promise<void> {
+    this.dealer?.close();
+    return super.stopAccepting();
+  }
+
+  /** Sends the word; if the worker has gone meanwhile, its exit tells. */
+  protected send(command: string): void {
+    if (!this.worker.isConnected()) return;
+    this.worker.send(command, undefined, undefined, () => {});
+  }
+
+  /** SIGKILL: it ignores a lone signal for 1 s, waiting for our word. */
+  protected kill(): void {
+    this.worker.process.kill("SIGKILL");
+  }
+}
+
+/**
+ * Round-robin's primary (UNP serv05): deals each client it accepts, never
+ * read, to the next worker in turn that has room, or keeps it until one has.
+ */
+export class Dealer {
+  #members: ClusterMember[] = [];
+  #waiting: Socket[] = []; // accepted, unread: no worker has room yet
+  #turn = 0;
+  #spare?: Deno.FsFile; // a descriptor kept for passing sockets on
+  #closed = false;
+
+  /** Deals what `acceptor` accepts (created with pauseOnConnect). */
+  constructor(readonly acceptor: Server) {}
+
+  /** Listens on `address`, or exits 1 with one line. */
+  async listen(address: Address, script: string): Promise<void> {
+    await listenOn(this.acceptor, address).catch((why) => fail(script, why));
+    this.acceptor.on("error", (error) => console.error(`accept: ${error}`));
     this.#keepSpare();
   }
 
-  #address(): Address {
-    const addr = this.#addr as Deno.NetAddr | Deno.UnixAddr;
-    if ("path" in addr) return { path: addr.path };
-    return { host: addr.hostname, port: addr.port };
+  /** A new worker, dealt to once its `accepting` is set. */
+  join(member: ClusterMember): void {
+    this.#members.push(member);
   }
 
-  /** Starts the workers; the banner follows once every one listens. */
-  start(): void {
-    for (let slot = 1; slot <= this.size; slot++) this.#keep(slot);
+  /** A worker that exited. */
+  leave(member: ClusterMember): void {
+    this.#members = this.#members.filter((other) => other !== member);
   }
 
   /**
-   * Gives `socket` (accepted here, never read) to the next worker in turn
-   * that has room, or keeps it until one has. Only sockets go from the
-   * primary to a worker while it serves: Deno 2.9.6 loses a socket sent
-   * right before or after another message.
+   * Gives `socket` to the next worker in turn that has room, or keeps it.
+   * Only sockets go from the primary to a worker while it serves: Deno 2.9.6
+   * loses a socket sent right before or after another message.
    */
   deal(socket: Socket): void {
-    for (let i = 0; i < this.size && !this.#stopping; i++) {
-      const member = this.#members[this.#turn++ % this.size];
-      if (member?.accepting && member.clients < member.share) {
+    const members = this.#members;
+    for (let i = 0; i < members.length && !this.#closed; i++) {
+      const member = members[this.#turn++ % members.length];
+      if (member.accepting && member.clients < member.share) {
         if (this.#handOver(member, socket)) return;
         break; // no descriptor to pass it with: it waits for one
       }
     }
-    if (this.#stopping) socket.destroy();
+    if (this.#closed) socket.destroy();
     else this.#waiting.push(socket);
   }
 
@@ -277,14 +373,13 @@ export class ClusterPool {
    * Sends `socket` to `member`; false if it could not (the socket stays
    * here). A send takes a descriptor for a moment (a copy of the socket's),
    * and a primary that accepted up to its limit would have none: so it keeps
-   * one spare, frees it for each send, and takes it back after (then deals
-   * again).
+   * one spare, frees it for each send, and takes it back after.
    */
-  #handOver(member: Member, socket: Socket): boolean {
+  #handOver(member: ClusterMember, socket: Socket): boolean {
     this.#spare?.close();
     this.#spare = undefined;
     try {
-      member.worker.send("client", socket, undefined, () => this.#feed());
+      member.worker.send("client", socket, undefined, () => this.feed());
       member.clients++;
       return true;
     } catch {
@@ -294,140 +389,25 @@ export class ClusterPool {
     }
   }
 
+  /** Deals the waiting clients, in order, to workers that have room now. */
+  feed(): void {
+    this.#waiting.splice(0).forEach((socket) => this.deal(socket));
+    this.#keepSpare();
+  }
+
   /** Takes the spare descriptor back; accepts again once nobody waits. */
   #keepSpare(): void {
     try {
       this.#spare ??= Deno.openSync("/dev/null");
     } catch { /* still out of descriptors: the next send frees some */ }
-    if (this.#spare && this.#waiting.length === 0) rearmAccept(this.#acceptor);
+    if (this.#spare && this.#waiting.length === 0) rearmAccept(this.acceptor);
   }
 
-  /** Runs a worker in `slot`, and another when it exits, until the stop. */
-  #keep(slot: number, backoff = new Backoff()): void {
-    const { options: { maxConns }, size } = this;
-    const started = performance.now();
-    // The shares differ by one at most and add up to --max-conns.
-    const share = Math.floor(maxConns / size) +
-      (slot <= maxConns % size ? 1 : 0);
-    const address = this.#address();
-    const role: Role = { slot, address, share };
-    const worker = cluster.fork({ [ROLE]: JSON.stringify(role) });
-    const member = this.#members[slot - 1] = new Member(worker, slot, share);
-    let [listened, error] = [false, undefined as string | undefined];
-    worker.on("message", (word) => {
-      if (word === "closed") {
-        member.clients--;
-        this.#feed();
-      }
-      if (word === "listening" && !this.#stopping) {
-        listened = true;
-        this.#listened.add(slot);
-        if (this.#bannered) this.#admit(member);
-        else if (this.#listened.size === size) this.#printBanner();
-      }
-      if (word === "not-accepting") member.notAccepting.resolve();
-      if (word?.failed) error = word.failed;
-    });
-    worker.on("exit", (code: number | null, signal: string | null) => {
-      if (this.#members[slot - 1] === member) delete this.#members[slot - 1];
-      member.notAccepting.resolve();
-      member.gone.resolve();
-      if (this.#stopping) return;
-      const ran = performance.now() - started;
-      const { text, fields } = describeExit(
-        { success: false, code: code ?? 1, signal: signal as Deno.Signal },
-        ran,
-      );
-      const delay = backoff.next(listened, ran);
-      if (delay === undefined) {
-        const times = `${backoff.policy.attempts} times in a row`;
-        return this.#giveUp(
-          error ?? `${member.name} ${text} before listening, ${times}`,
-        );
-      }
-      const why = listened
-        ? ""
-        : ` before listening${error ? ` (${error})` : ""}`;
-      this.log.event(
-        "worker-exited",
-        `${member.name} ${text}${why}; restarting in ${delay} ms`,
-        { ...member.fields, ...fields, restartMs: delay },
-        true,
-      );
-      sleep(delay, this.#restarts.signal).then(() => {
-        if (this.#stopping) return;
-        this.#keep(slot, backoff);
-      });
-    });
-  }
-
-  /** Deals the waiting clients, in order, to workers that have room now. */
-  #feed(): void {
-    this.#waiting.splice(0).forEach((socket) => this.deal(socket));
-    this.#keepSpare();
-  }
-
-  #admit(member: Member): void {
-    const text = `${member.name} listening`;
-    this.log.event("worker-listening", text, member.fields);
-    member.accepting = true;
-    if (this.#acceptor) this.#feed(); // it serves at once
-    else member.send("accept");
-  }
-
-  #printBanner(): void {
-    const { options: { model, maxConns, fdCapNote } } = this;
-    this.#bannered = true;
-    const words = [model, ...this.banner, `pid ${Deno.pid}`];
-    const fields = { model, maxConns, ...this.fields };
-    this.log.listening(this.#addr!, words, fields);
-    if (fdCapNote) this.log.event("max-conns", fdCapNote, { maxConns }, true);
-    this.#members.forEach((member) => member && this.#admit(member));
-  }
-
-  #giveUp(reason: string): void {
-    try {
-      console.error(`${this.options.script}: ${reason}`);
-    } catch { /* stderr closed */ }
-    this.#code = 1;
-    this.stop("giving up");
-  }
-
-  #tellAll(word: string): void {
-    for (const member of this.#members) member?.send(word);
-  }
-
-  /**
-   * The two-phase stop: every worker stops accepting, then "stopping" is
-   * logged, then each drains for `--grace` seconds (5 s more and it is
-   * killed); exits once all are gone.
-   */
-  async stop(reason: string): Promise<void> {
-    if (this.#stopping) return;
-    this.#stopping = true;
-    this.#restarts.abort();
-    this.#acceptor?.close();
-    const { grace } = this.options;
-    const live = this.#members.filter((member) => member !== undefined);
-    for (const member of live) {
-      if (member.accepting) member.send("stop-accepting");
-      else member.worker.process.kill("SIGTERM"); // no client yet
-    }
-    await Promise.all(live.map((member) => member.notAccepting.promise));
+  /** Accepts no more; the clients not dealt yet are closed. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.acceptor.close();
     this.#waiting.splice(0).forEach((socket) => socket.destroy());
-    this.log.event(
-      "stopping",
-      `stopping (${reason}): ${live.length} worker(s) no longer accept; their clients get ${grace} s to finish`,
-      { reason, workers: live.length, grace },
-      true,
-    );
-    this.#tellAll("drain");
-    const gone = Promise.all(live.map((member) => member.gone.promise));
-    if (!(await within(gone, grace * 1000 + 5_000))) {
-      live.forEach((member) => member.worker.process.kill("SIGKILL"));
-    }
-    await gone;
-    this.log.event("stopped", "stopped", {}, true);
-    Deno.exit(this.#code);
   }
 }

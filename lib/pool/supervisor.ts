@@ -358,7 +358,9 @@ export async function supervise<
       console.error(why.startsWith(prefix) ? why : prefix + why);
     } catch { /* stderr closed */ }
     code = 1;
-    stop("giving up");
+    // Later: a worker of the first round that cannot start gives up inside
+    // `new Pool()`, before `pool` is set, and the others must be ended too.
+    queueMicrotask(() => stop("giving up"));
   });
   await pool.ready;
   reserved.close(); // now only the workers accept
