@@ -392,3 +392,47 @@ serverTest(
   },
   { ignore: !canSwitchUser() },
 );
+
+serverTest(
+  "watch.ts: watching on, a client that takes a gone client's descriptor is seen at once",
+  async () => {
+    await using server = await startServer("evented.ts");
+    await using watch = new Script("watch.ts", [
+      `${server.port}`,
+      ...["--json", "--interval", "0.1"],
+    ]);
+    const peers = (line: string): string[] =>
+      (JSON.parse(line) as Snapshot).processes.flatMap((p) =>
+        p.clients.map((c) => c.peer)
+      );
+    const portOf = (conn: Deno.Conn) => (conn.localAddr as Deno.NetAddr).port;
+    const [first] = await servedClients(server, 1);
+    const firstPeer = `127.0.0.1:${portOf(first)}`;
+    await eventually(
+      () => watch.lines.some((line) => peers(line).includes(firstPeer)),
+      10_000,
+      "the first client on screen",
+    );
+    // Snapshots since the last full read of every descriptor's link, so that
+    // the next ones would reuse them.
+    const from = watch.lines.length;
+    await watch.waitForLine(/./, 5000, from + 2);
+    first.close();
+    const [second] = await servedClients(server, 1); // takes its descriptor
+    const secondPeer = `127.0.0.1:${portOf(second)}`;
+    try {
+      const seenAt = watch.lines.length;
+      const line = await watch.waitForLine(
+        new RegExp(`"peer":"${secondPeer}"`),
+        10_000,
+        seenAt,
+      );
+      // A stale cache would show it only at the next full read (10 snapshots).
+      const after = watch.lines.indexOf(line, seenAt) - seenAt;
+      assert.ok(after < 4, `seen ${after} snapshots late`);
+      assert.ok(!peers(line).includes(firstPeer));
+    } finally {
+      second.close();
+    }
+  },
+);

@@ -142,19 +142,25 @@ export function unixSockets(): UnixSocket[] {
   return sockets;
 }
 
-/** The socket inodes a process holds (its `socket:[INODE]` fd links). */
-export function socketInodes(pid: number): number[] {
-  const inodes: number[] = [];
-  let entries;
+/** A process's open file descriptors, by number ([] once it has exited). */
+export function fds(pid: number): string[] {
   try {
-    entries = [...Deno.readDirSync(`/proc/${pid}/fd`)];
+    return [...Deno.readDirSync(`/proc/${pid}/fd`)].map((entry) => entry.name);
   } catch (error) {
     if (error instanceof Deno.errors.PermissionDenied) throw error;
-    return inodes; // exited
+    return []; // exited
   }
-  for (const entry of entries) {
+}
+
+/**
+ * The socket inodes a process holds: those of its descriptors `names` (all,
+ * by default) that are `socket:[INODE]` links.
+ */
+export function socketInodes(pid: number, names = fds(pid)): number[] {
+  const inodes: number[] = [];
+  for (const name of names) {
     try {
-      const link = Deno.readLinkSync(`/proc/${pid}/fd/${entry.name}`);
+      const link = Deno.readLinkSync(`/proc/${pid}/fd/${name}`);
       if (link.startsWith("socket:[")) inodes.push(Number(link.slice(8, -1)));
     } catch { /* closed meanwhile */ }
   }

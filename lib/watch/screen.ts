@@ -33,6 +33,12 @@ export function render(s: Snapshot, intervalS: number, width = 100): string {
       `    in the backlog: ${shown}${more > 0 ? ` and ${more} more` : ""}`,
     );
   }
+  if (s.backlogCeiling !== null && s.port !== null && s.waiting > 0) {
+    out.push(
+      `    (the backlog's limit is not in /proc, \`ss -lnt\` shows it: ` +
+        `at most net.core.somaxconn, ${s.backlogCeiling})`,
+    );
+  }
   out.push(
     "",
     "  PID      PPID     ROLE     CPU%    RSS   THR  COMMAND",
@@ -44,12 +50,6 @@ export function render(s: Snapshot, intervalS: number, width = 100): string {
       `backlog, ${count(s.processes.length, "process", "es")}, ` +
       `${count(s.threads, "thread")}, ${mib(s.rssKiB)} RSS`,
   );
-  if (s.backlogCeiling !== null && s.port !== null && s.listeners.length) {
-    out.push(
-      `  (a backlog's limit is not in /proc: \`ss -lnt\` shows it; ` +
-        `at most ${s.backlogCeiling}, net.core.somaxconn)`,
-    );
-  }
   const lines = out.map((line) => clip(line, width));
   if (s.notice) lines.push(...wrap(`  Notice: ${s.notice}`, width));
   return lines.join("\n");

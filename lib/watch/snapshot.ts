@@ -9,7 +9,7 @@ import * as proc from "./procfs.ts";
 import { type Role, roleOf } from "./roles.ts";
 import { findRoot, type Target, WatchError } from "./find.ts";
 import { noticeOf } from "./notice.ts";
-import { socketsOf, somaxconn } from "./sockets.ts";
+import { type Sockets, socketsOf, somaxconn } from "./sockets.ts";
 
 export { type Target, WatchError } from "./find.ts";
 
@@ -85,6 +85,11 @@ const RUNTIME_THREADS = new Set(["tokio-runtime-w", "V8 DefaultWorke"]);
 
 /** Watches one server, remembering what the last snapshot saw. */
 export class Watcher {
+  /** Each process's descriptors and socket inodes, as last read. */
+  #links = new Map<number, { fds: string; inodes: number[] }>();
+  /** The server's socket inodes (listeners, clients) the last time. */
+  #known = new Set<number>();
+  #count = 0;
   #cpu = new Map<string, { ticks: number; at: number }>();
   #seen = new Map<number, number>();
   #rootStart: number;
@@ -116,19 +121,16 @@ export class Watcher {
     if (!this.alive) return undefined;
     const now = proc.uptime();
     const tree = processTree(this.root);
-    const held = new Map<number, number[]>(); // inode -> pids
-    const inodes = new Map<number, number[]>(); // pid -> inodes
-    for (const pid of tree.map((p) => p.pid)) {
-      let mine: number[] = [];
-      try {
-        mine = proc.socketInodes(pid);
-      } catch { /* another user's child: shown without its sockets */ }
-      inodes.set(pid, mine);
-      for (const inode of mine) {
-        held.set(inode, [...held.get(inode) ?? [], pid]);
-      }
+    let inodes: Map<number, number[]>; // pid -> socket inodes
+    let sockets: Sockets;
+    if ("pid" in this.target) { // the tree's sockets say which port
+      inodes = this.#inodes(tree, false);
+      sockets = socketsOf(this.target, holders(inodes));
+    } else {
+      sockets = socketsOf(this.target, new Map());
+      inodes = this.#inodes(tree, true, sockets);
     }
-    const sockets = socketsOf(this.target, held);
+    const held = holders(inodes);
     const listeners: Listener[] = sockets.listeners.map((s) => ({
       address: s.address,
       waiting: s.waiting,
@@ -199,6 +201,49 @@ export class Watcher {
     return snapshot;
   }
 
+  /**
+   * The socket inodes each process of `tree` holds. Reading every
+   * descriptor's link is most of a snapshot's cost with many clients, so a
+   * process whose descriptors are the same numbers as last time keeps last
+   * time's inodes, if the kernel's table agrees: each of the server's sockets
+   * still has a holder and none that was known has gone. Otherwise, and
+   * every tenth snapshot anyway, every link is read again.
+   */
+  #inodes(tree: Member[], reuse: boolean, sockets?: Sockets) {
+    const read = (reuse: boolean) => {
+      const inodes = new Map<number, number[]>();
+      const links = new Map<number, { fds: string; inodes: number[] }>();
+      for (const { pid } of tree) {
+        let names: string[] = [];
+        try {
+          names = proc.fds(pid);
+        } catch { /* another user's child: shown without its sockets */ }
+        const fds = names.join(" ");
+        const last = this.#links.get(pid);
+        const mine = reuse && last?.fds === fds
+          ? last.inodes
+          : proc.socketInodes(pid, names);
+        inodes.set(pid, mine);
+        links.set(pid, { fds, inodes: mine });
+      }
+      this.#links = links; // the tree's only: gone processes are forgotten
+      return inodes;
+    };
+    reuse &&= this.#count++ % 10 !== 0;
+    let inodes = read(reuse);
+    if (!sockets) return inodes;
+    const wanted = new Set([
+      ...sockets.listeners.map((l) => l.inode),
+      ...sockets.clients.keys(),
+    ]);
+    const held = new Set([...inodes.values()].flat());
+    const agrees = [...wanted].every((inode) => held.has(inode)) &&
+      [...this.#known].every((inode) => !held.has(inode) || wanted.has(inode));
+    if (reuse && !agrees) inodes = read(false);
+    this.#known = wanted;
+    return inodes;
+  }
+
   /** CPU % of one core since the last snapshot (the first: since start). */
   #percent(key: string, stat: proc.Stat, now: number): number {
     const last = this.#cpu.get(key);
@@ -230,6 +275,15 @@ export class Watcher {
 
 function round(n: number): number {
   return Math.round(n * 10) / 10;
+}
+
+/** Which processes hold each socket inode. */
+function holders(inodes: Map<number, number[]>): Map<number, number[]> {
+  const held = new Map<number, number[]>();
+  for (const [pid, mine] of inodes) {
+    for (const inode of mine) held.set(inode, [...held.get(inode) ?? [], pid]);
+  }
+  return held;
 }
 
 interface Member {

@@ -8,8 +8,8 @@
 import * as proc from "./procfs.ts";
 import type { Target } from "./find.ts";
 
-export /** The server's sockets in the kernel's tables. */
-interface Sockets {
+/** The server's sockets in the kernel's tables. */
+export interface Sockets {
   port: number | null;
   path: string | null;
   listeners: { address: string; inode: number; waiting: number }[];
