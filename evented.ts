@@ -5,8 +5,8 @@
  * The I/O-multiplexing model (CS:APP's `select` server, an epoll loop in C):
  * one thread waits on every socket at once and serves whichever is ready.
  * Deno's event loop *is* that loop, so each client is just an async function
- * that the loop resumes when its socket has bytes. Clients cost a few KiB each
- * and no thread or process, so thousands are cheap; but everything shares one
+ * that the loop resumes when its socket has bytes. A client costs some KB of
+ * memory and no thread or process, so thousands are cheap; but all share one
  * thread, so a client whose request burns CPU stalls all the others.
  *
  * Run:  deno run -A evented.ts 8080
