@@ -107,6 +107,15 @@ export class Watcher {
     const root = "pid" in target ? target.pid : findRoot(target);
     const stat = proc.stat(String(root));
     if (!stat) throw new WatchError(`no process ${root}`);
+    try {
+      proc.fds(root);
+    } catch { // not ours to read: say whose (with a port, findRoot did)
+      const user = proc.userName(proc.status(root)?.uid ?? -1);
+      throw new WatchError(
+        `pid ${root} is ${user}'s, whose /proc entries you may not read: ` +
+          `run watch.ts as ${user}, or with sudo`,
+      );
+    }
     return new Watcher(target, root, stat.start);
   }
 
