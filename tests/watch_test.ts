@@ -355,7 +355,7 @@ async function asNobody(home: string, args: string[]) {
   const output = await new Deno.Command("/usr/bin/setpriv", {
     args: [
       ...["--reuid=65534", "--regid=65534", "--clear-groups"],
-      ...[Deno.execPath(), "run", "-A", "watch.ts", ...args],
+      ...[Deno.execPath(), "run", "-A", "watch.ts", ...args, "--once"],
     ],
     cwd: new URL("..", import.meta.url).pathname,
     env: { DENO_DIR: home, HOME: home, NO_COLOR: "1" },
