@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import {
   assertNoStackTrace,
   eventually,
+  ROOT,
   roundTripText,
   runScript,
   Script,
@@ -357,7 +358,7 @@ async function asNobody(home: string, args: string[]) {
       ...["--reuid=65534", "--regid=65534", "--clear-groups"],
       ...[Deno.execPath(), "run", "-A", "watch.ts", ...args, "--once"],
     ],
-    cwd: new URL("..", import.meta.url).pathname,
+    cwd: ROOT,
     env: { DENO_DIR: home, HOME: home, NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
@@ -455,7 +456,7 @@ serverTest(
     await using server = await startServer("evented.ts");
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "watch.ts", `${server.port}`, "--interval", "0.1"],
-      cwd: new URL("..", import.meta.url).pathname,
+      cwd: ROOT,
       stdout: "piped",
       stderr: "piped",
       signal: AbortSignal.timeout(15_000),
