@@ -94,21 +94,36 @@ for (;;) {
   const started = performance.now();
   const snapshot = watcher.snapshot();
   if (!snapshot) {
-    console.log(
+    print(
       values.json
         ? JSON.stringify({ exited: true, pid: watcher.root })
         : `the server (pid ${watcher.root}) has exited: nothing left to watch`,
     );
     Deno.exit(0);
   }
-  if (values.json) console.log(JSON.stringify(snapshot));
+  if (values.json) print(JSON.stringify(snapshot));
   else {
-    const width = terminal ? columns() : 100;
-    const screen = render(snapshot, intervalS, width);
-    console.log(terminal ? `\x1b[H\x1b[2J${screen}` : `${screen}\n`);
+    const screen = render(snapshot, intervalS, terminal ? columns() : 100);
+    print(terminal ? `\x1b[H\x1b[2J${screen}` : `${screen}\n`);
   }
   if (values.once) break;
-  await sleep(intervalS * 1000 - (performance.now() - started));
+  // The interval runs from one snapshot's start to the next one's.
+  await sleep(Math.max(0, intervalS * 1000 - (performance.now() - started)));
+}
+
+/**
+ * Writes a line. A reader that has gone (`watch.ts 8080 | head`) ends us:
+ * console.log would not tell (Deno 2.9.6 drops its write errors).
+ */
+function print(text: string): void {
+  const bytes = new TextEncoder().encode(`${text}\n`);
+  try {
+    for (let off = 0; off < bytes.length;) {
+      off += Deno.stdout.writeSync(bytes.subarray(off));
+    }
+  } catch {
+    Deno.exit(0);
+  }
 }
 
 /** The terminal's width, or 100 when it cannot tell. */

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import {
   assertNoStackTrace,
   eventually,
+  ROOT,
   roundTripText,
   runScript,
   Script,
@@ -350,6 +351,22 @@ serverTest(
   },
 );
 
+/** Runs `watch.ts ARGS` as the user nobody, its cache in `home`. */
+async function asNobody(home: string, args: string[]) {
+  const output = await new Deno.Command("/usr/bin/setpriv", {
+    args: [
+      ...["--reuid=65534", "--regid=65534", "--clear-groups"],
+      ...[Deno.execPath(), "run", "-A", "watch.ts", ...args, "--once"],
+    ],
+    cwd: ROOT,
+    env: { DENO_DIR: home, HOME: home, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(20_000),
+  }).output();
+  return { code: output.code, stderr: new TextDecoder().decode(output.stderr) };
+}
+
 /** True when this test can run a command as another user (as root can). */
 function canSwitchUser(): boolean {
   if (Deno.uid() !== 0) return false;
@@ -368,23 +385,19 @@ serverTest(
     const home = await Deno.makeTempDir({ prefix: "watch-nobody-" });
     try {
       await Deno.chmod(home, 0o777);
-      const output = await new Deno.Command("/usr/bin/setpriv", {
-        args: [
-          ...["--reuid=65534", "--regid=65534", "--clear-groups"],
-          ...[Deno.execPath(), "run", "-A", "watch.ts", `${server.port}`],
-        ],
-        cwd: new URL("..", import.meta.url).pathname,
-        env: { DENO_DIR: home, HOME: home, NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-        signal: AbortSignal.timeout(20_000),
-      }).output();
-      const stderr = new TextDecoder().decode(output.stderr);
-      assert.equal(output.code, 1, stderr);
+      const { code, stderr } = await asNobody(home, [`${server.port}`]);
+      assert.equal(code, 1, stderr);
       assert.equal(
         stderr,
         `watch.ts: port ${server.port} is held by root's server, whose /proc ` +
           "entries you may not read: run watch.ts as root, or with sudo\n",
+      );
+      const byPid = await asNobody(home, ["--pid", `${server.pid}`]);
+      assert.equal(byPid.code, 1, byPid.stderr);
+      assert.equal(
+        byPid.stderr,
+        `watch.ts: pid ${server.pid} is root's, whose /proc entries you may ` +
+          "not read: run watch.ts as root, or with sudo\n",
       );
     } finally {
       await Deno.remove(home, { recursive: true });
@@ -434,5 +447,28 @@ serverTest(
     } finally {
       second.close();
     }
+  },
+);
+
+serverTest(
+  "watch.ts: a reader that goes (watch.ts | head) ends it: exit 0, nothing on stderr",
+  async () => {
+    await using server = await startServer("evented.ts");
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "watch.ts", `${server.port}`, "--interval", "0.1"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(15_000),
+    }).spawn();
+    const reader = child.stdout.getReader();
+    await reader.read(); // the first screen, or part of it
+    await reader.cancel(); // as head does once it has its lines
+    const [status, stderr] = await Promise.all([
+      child.status,
+      new Response(child.stderr).text(),
+    ]);
+    assert.equal(status.code, 0, stderr);
+    assert.equal(stderr, "");
   },
 );

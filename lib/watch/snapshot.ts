@@ -91,6 +91,7 @@ export class Watcher {
   #known = new Set<number>();
   #count = 0;
   #cpu = new Map<string, { ticks: number; at: number }>();
+  #cpuNext = new Map<string, { ticks: number; at: number }>();
   #seen = new Map<number, number>();
   #rootStart: number;
 
@@ -107,6 +108,15 @@ export class Watcher {
     const root = "pid" in target ? target.pid : findRoot(target);
     const stat = proc.stat(String(root));
     if (!stat) throw new WatchError(`no process ${root}`);
+    try {
+      proc.fds(root);
+    } catch { // not ours to read: say whose (with a port, findRoot did)
+      const user = proc.userName(proc.status(root)?.uid ?? -1);
+      throw new WatchError(
+        `pid ${root} is ${user}'s, whose /proc entries you may not read: ` +
+          `run watch.ts as ${user}, or with sudo`,
+      );
+    }
     return new Watcher(target, root, stat.start);
   }
 
@@ -178,6 +188,8 @@ export class Watcher {
       };
     });
     this.#seen = seen;
+    // What this snapshot read is the next one's start; gone pids are dropped.
+    [this.#cpu, this.#cpuNext] = [this.#cpuNext, new Map()];
     const clients = processes.reduce((n, p) => n + p.clients.length, 0);
     const waiting = listeners.reduce((n, l) => n + l.waiting, 0);
     const snapshot: Snapshot = {
@@ -247,7 +259,7 @@ export class Watcher {
   /** CPU % of one core since the last snapshot (the first: since start). */
   #percent(key: string, stat: proc.Stat, now: number): number {
     const last = this.#cpu.get(key);
-    this.#cpu.set(key, { ticks: stat.cpuTicks, at: now });
+    this.#cpuNext.set(key, { ticks: stat.cpuTicks, at: now });
     const [ticks, seconds] = last
       ? [stat.cpuTicks - last.ticks, now - last.at]
       : [stat.cpuTicks, now - stat.start / proc.TICKS_PER_SECOND];
