@@ -12,18 +12,15 @@ export type Role = "main" | "parent" | "worker" | "child" | "helper";
 
 /** Command-line arguments that name a role (any argument that matches). */
 const ARGUMENTS: [RegExp, Role][] = [
-  [/^--watchdog$|(^|\/)lifeline\.ts$/, "helper"], // forked.ts's watchdog
-  [/^--child$/, "child"], // forked.ts: `--child CPU_MS SOCKET`
-  [/^--as-worker$/, "worker"], // prefork.ts: `--as-worker N`
-  // One way across scripts: `--role NAME` or `--role=NAME`.
-  [/^--role=.*(watchdog|helper|lifeline)/, "helper"],
+  // This collection's scripts start their copies as `SCRIPT --role NAME`
+  // (lib/role.ts); forked.ts's watchdog is lifeline.ts in its role.
+  [/^--role=.*(watchdog|helper)/, "helper"],
   [/^--role=.*child/, "child"],
   [/^--role=.*worker/, "worker"],
 ];
 
 /** Environment variable names that name a role. */
 const ENVIRONMENT: [RegExp, Role][] = [
-  [/^CLUSTER_POOL_WORKER$/, "worker"], // cluster.ts (lib/pool/cluster.ts)
   [/^NODE_UNIQUE_ID$/, "worker"], // any node:cluster worker
 ];
 
