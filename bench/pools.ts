@@ -16,7 +16,7 @@ import {
   type Settings,
   type Status,
 } from "./scenarios.ts";
-import type { RunningServer } from "./servers.ts";
+import { type RunningServer, startServer } from "./servers.ts";
 
 /** What a scenario measured on one server: a row without its name. */
 type Numbers = Awaited<ReturnType<Scenario["run"]>>;
@@ -81,11 +81,73 @@ class WorkerTally {
 }
 
 /**
+ * Pairs of clients that connect at the same moment to `server` (started
+ * with `--cpu-ms`, logging every client), each sending one byte: how many
+ * of `pairs` pairs went to two different workers, with `restMs` between the
+ * pairs, or (0) each pair as soon as the last one's echoes are back.
+ */
+export async function splitPairs(
+  server: RunningServer,
+  pairs: number,
+  restMs: number,
+): Promise<number> {
+  const workerOf = new Map<number, number>(); // client port -> worker
+  const seen = new Set<() => void>();
+  server.onLine = (line) => {
+    const match = line.match(PAIR_LINE);
+    if (!match) return;
+    workerOf.set(Number(match[2]), Number(match[1] ?? 1));
+    seen.forEach((wake) => wake());
+  };
+  const served = async (conn: Deno.Conn) => {
+    const port = (conn.localAddr as Deno.NetAddr).port;
+    while (!workerOf.has(port)) {
+      const line = Promise.withResolvers<void>();
+      seen.add(line.resolve);
+      if (!(await within(line.promise, 10_000))) throw new Error("no log line");
+      seen.delete(line.resolve);
+    }
+    return workerOf.get(port);
+  };
+  let split = 0;
+  for (let i = 0; i < pairs; i++) {
+    if (restMs) await new Promise((rest) => setTimeout(rest, restMs));
+    const pair = await Promise.all([
+      connectTo(server, 10_000),
+      connectTo(server, 10_000),
+    ]);
+    try {
+      const byte = new Uint8Array([i & 0xff]);
+      const echoed = await Promise.all(
+        pair.map((conn) => exchange(conn, byte, 30_000)),
+      );
+      if (echoed.includes(false)) throw new Error("a pair's echo differs");
+      const [a, b] = await Promise.all(pair.map(served));
+      if (a !== b) split++;
+    } finally {
+      pair.forEach((conn) => conn.close());
+    }
+  }
+  server.onLine = undefined;
+  return split;
+}
+
+/** A client's `connected` line: its worker (none: 1 of 1) and its port. */
+const PAIR_LINE =
+  /^\[pid \d+(?: worker (\d+))?(?: thread \d+)?\] #\d+ \S+:(\d+) connected$/;
+
+/** S8's pairs: how many, each byte's `--cpu-ms`, the rest between pairs. */
+const PAIRS = { pairs: 40, cpuMs: 100, restMs: 200 };
+const QUICK_PAIRS = { pairs: 8, cpuMs: 20, restMs: 50 };
+
+/**
  * S8: the loads of other scenarios (`loads`, by scenario id: S2's 50
  * connections, S4's new connection per request) on a server that logs every
  * client, and the share of the clients each worker took, from those lines.
  * Logging costs the server time, so these are not runs to take rates from:
- * the rates are S2's and S4's own, measured `--quiet`. Headline: the share of
+ * the rates are S2's and S4's own, measured `--quiet`. Then pairs of clients
+ * that connect at the same moment, on the server with `--cpu-ms`: how many
+ * pairs two workers share, rested and back to back. Headline: the share of
  * the busiest worker in the last load (even: 100 % / workers).
  */
 export function spread(
@@ -134,6 +196,21 @@ export function spread(
         row.mismatches = Number(row.mismatches ?? 0) + report.mismatches;
       }
       server.onLine = undefined;
+      // Pairs of simultaneous clients, on the same server with --cpu-ms:
+      // after a rest, and back to back (after the work of the last pair).
+      const { pairs, cpuMs, restMs } = settings.quick ? QUICK_PAIRS : PAIRS;
+      status("pairs of clients at once");
+      const busy = await startServer(server.spec, cpuMs, true);
+      try {
+        Object.assign(row, {
+          pairs,
+          pairCpuMs: cpuMs,
+          restedPairsSplit: await splitPairs(busy, pairs, restMs),
+          backToBackPairsSplit: await splitPairs(busy, pairs, 0),
+        });
+      } finally {
+        await busy.stop();
+      }
       return row;
     },
   };

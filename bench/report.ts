@@ -38,7 +38,8 @@ const COLUMNS: Record<string, string> = {
   S5: "requestsPerSecond p99Ms serverCores serverCpuMsPerRequest errors",
   S6: "idleServed rssMiB kbPerIdleClient pssKbPerIdleClient activeP99Ms",
   S7: "firstEchoMs errors",
-  S8: "s2Clients s2SharesPercent s2Range s4Clients s4SharesPercent s4Range",
+  S8:
+    "s2Clients s2SharesPercent s2Range s4Clients s4SharesPercent s4Range restedPairsSplit backToBackPairsSplit",
   S9: "probesWaited medianWaitMs maxWaitMs errors",
 };
 
@@ -64,6 +65,12 @@ function shareRange(key: string): (row: Row) => string {
     `${percent(row[`${key}MinSharePercent`])}–${
       percent(row[`${key}MaxSharePercent`])
     }`;
+}
+
+/** How many of S8's simultaneous pairs went to two workers: `17/40`. */
+function pairsSplit(key: string): (row: Row) => string {
+  return (row) =>
+    typeof row[key] === "number" ? `${row[key]}/${row.pairs}` : "–";
 }
 
 /** Column titles; and how a cell reads when it is not a row's field as is. */
@@ -107,6 +114,11 @@ const CELLS: Record<string, [title: string, cell?: (row: Row) => string]> = {
   s4Clients: ["S4 clients", (row) => count(row.s4Clients)],
   s4SharesPercent: ["S4 % per worker", (row) => shares(row.s4SharesPercent)],
   s4Range: ["S4 min–max %", shareRange("s4")],
+  restedPairsSplit: ["pairs split, rested", pairsSplit("restedPairsSplit")],
+  backToBackPairsSplit: [
+    "pairs split, back to back",
+    pairsSplit("backToBackPairsSplit"),
+  ],
   probesWaited: [
     "new clients that waited",
     (row) => `${row.probesWaited} of ${row.probes}`,
@@ -152,7 +164,9 @@ export function markdown(result: BenchResult, chart?: string): string {
       : scenario.id === "S8"
       ? `S2's and S4's loads, ${settings.duration} s each, on servers that log every client: the share of the clients each worker took (even: ${
         formatNumber(100 / settings.workers)
-      } % each)`
+      } % each); then pairs of clients that connect at the same moment, one byte each on servers with --cpu-ms ${
+        settings.quick ? 20 : 100
+      }: how many pairs went to two workers, after a rest and back to back`
       : scenario.id === "S9"
       ? `servers with --cpu-ms ${scenario.cpuMs}; one client keeps its worker busy, ${settings.busyProbes} new clients one after the other time their first echo: the wait beyond their own ${scenario.cpuMs} ms`
       : scenario.load;

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { splitPairs } from "../bench/pools.ts";
+import * as bench from "../bench/servers.ts";
 import { echoServerConformance } from "./conformance.ts";
 import {
   assertCtrlCDrains,
@@ -445,4 +447,25 @@ serverTest(
     }
   },
   { ms: 90_000 },
+);
+
+serverTest(
+  "cluster.ts: pairs of clients that connect at once (bench S8's measure, --cpu-ms 50): round-robin splits every pair over the two workers; shared splits what the runtime that wakes first leaves (Deno 2.9.6: see docs/models/cluster.md), every pair served",
+  async () => {
+    for (const schedule of SCHEDULES) {
+      const spec = bench.model("cluster.ts", pool(schedule));
+      const server = await bench.startServer(spec, 50, true);
+      try {
+        for (const restMs of [100, 0]) {
+          const split = await splitPairs(server, 10, restMs);
+          const what = `${schedule}, rest ${restMs} ms: ${split}/10 split`;
+          if (schedule === "round-robin") assert.equal(split, 10, what);
+          else assert.ok(split >= 0 && split <= 10, what);
+        }
+      } finally {
+        assert.deepEqual(await server.stop(), [], "processes left");
+      }
+    }
+  },
+  { ms: 60_000 },
 );

@@ -11,52 +11,23 @@
  * @module
  */
 import cluster from "node:cluster";
-import type { ListenOptions, Server, Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import process from "node:process";
 import { fail, type ServerOptions } from "../cli.ts";
 import { openFileLimit } from "../fd_limit.ts";
-import { bindErrorText, listenOrExit } from "../listen.ts";
-import { formatAddr } from "../log.ts";
+import { listenOrExit } from "../listen.ts";
 import { describeExit } from "../process/children.ts";
 import { EchoServer } from "../serve.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { CommandedWorker } from "./commands.ts";
-import { connOf, type SocketHandler, socketHandler } from "./node_serve.ts";
-
-/** Where the pool listens: node:net's form of the reserved address. */
-type Address = ListenOptions & { path?: string };
-
-/** Listens `server` on `address`; rejects with "cannot listen on X: why". */
-function listenOn(server: Server, address: Address): Promise<void> {
-  const { path, host: hostname = "", port = 0 } = address;
-  const where = path ? `unix:${path}` : formatAddr({
-    transport: "tcp",
-    hostname,
-    port,
-  });
-  return new Promise((resolve, reject) => {
-    server.once("error", (error: NodeJS.ErrnoException) => {
-      // In listen.ts's words, which know Deno's errors.
-      const inUse = error.code === "EADDRINUSE";
-      const why = inUse ? new Deno.errors.AddrInUse() : error;
-      reject(`cannot listen on ${where}: ${bindErrorText(why, !!path)}`);
-    }).listen(address, resolve);
-  });
-}
-
-/**
- * Makes `listener` accept again. Out of file descriptors, Deno 2.9.6's
- * node:net stops accepting for good, with no error (a lone node:net server
- * under `ulimit -n 64` and 144 clients at once: 40 served, then none). Its
- * libuv port re-arms the accept on a second listen(): the clients waiting in
- * the backlog are then served (144 of 144). So whoever held more clients than
- * fit calls this as each one leaves.
- */
-function rearmAccept(listener: Server | undefined): void {
-  const handle = (listener as { _handle?: { listen?(backlog: number): void } })
-    ?._handle;
-  handle?.listen?.(511); // node:net's default backlog
-}
+import {
+  type Address,
+  connOf,
+  listenOn,
+  rearmAccept,
+  type SocketHandler,
+  socketHandler,
+} from "./node_serve.ts";
 
 /** What a worker learns from the environment variable {@linkcode ROLE}. */
 interface Role {

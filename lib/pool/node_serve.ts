@@ -2,12 +2,51 @@
  * serve.ts's EchoServer (log lines, counts, `--idle-timeout`, drain) over
  * node:net sockets. Deno's own sockets cannot leave their process; node:net's
  * can (node:cluster, `send(message, socket)`), so a process that shares a
- * socket or is handed its clients that way serves them through this adapter.
+ * socket or is handed its clients that way serves them through this adapter;
+ * and node:net's listen and accept, worded and worked around as listen.ts
+ * does for Deno's.
  *
  * @module
  */
-import type { Socket } from "node:net";
+import type { ListenOptions, Server, Socket } from "node:net";
+import { bindErrorText } from "../listen.ts";
+import { formatAddr } from "../log.ts";
 import type { ClientHandler } from "../serve.ts";
+
+/** Where the pool listens: node:net's form of the reserved address. */
+export type Address = ListenOptions & { path?: string };
+
+/** Listens `server` on `address`; rejects with "cannot listen on X: why". */
+export function listenOn(server: Server, address: Address): Promise<void> {
+  const { path, host: hostname = "", port = 0 } = address;
+  const where = path ? `unix:${path}` : formatAddr({
+    transport: "tcp",
+    hostname,
+    port,
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", (error: NodeJS.ErrnoException) => {
+      // In listen.ts's words, which know Deno's errors.
+      const inUse = error.code === "EADDRINUSE";
+      const why = inUse ? new Deno.errors.AddrInUse() : error;
+      reject(`cannot listen on ${where}: ${bindErrorText(why, !!path)}`);
+    }).listen(address, resolve);
+  });
+}
+
+/**
+ * Makes `listener` accept again. Out of file descriptors, Deno 2.9.6's
+ * node:net stops accepting for good, with no error (a lone node:net server
+ * under `ulimit -n 64` and 144 clients at once: 40 served, then none). Its
+ * libuv port re-arms the accept on a second listen(): the clients waiting in
+ * the backlog are then served (144 of 144). So whoever held more clients than
+ * fit calls this as each one leaves.
+ */
+export function rearmAccept(listener: Server | undefined): void {
+  const handle = (listener as { _handle?: { listen?(backlog: number): void } })
+    ?._handle;
+  handle?.listen?.(511); // node:net's default backlog
+}
 
 /** How a model serves one client on its node:net socket (cluster.ts's echo). */
 export type SocketHandler = (socket: Socket) => void;
