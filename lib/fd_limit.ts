@@ -85,7 +85,9 @@ export function poolOverFileLimit(
   // errs on the safe side, and every process of the pool computes the same.
   if (processes > 1 && Math.floor(room / 4) < size) {
     const fit = Math.max(0, Math.floor(room / 4));
-    return `ulimit -n ${limit} leaves room for ${fit} worker processes, ` +
+    return `ulimit -n ${limit} leaves room for ${fit} worker process${
+      fit === 1 ? "" : "es"
+    }, ` +
       `not ${size} (the supervisor holds 4 file descriptors per worker, ` +
       `${FD_RESERVE} for the runtime)`;
   }

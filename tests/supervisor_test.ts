@@ -17,12 +17,12 @@ import {
   type PoolWorker,
   RESTART,
   type RestartPolicy,
-  reusePortMissing,
   shareOf,
   workerCount,
   type WorkerExit,
 } from "../lib/pool/supervisor.ts";
 import { roundTripText, settlesWithin } from "./harness.ts";
+import { reusePortMissing } from "../lib/pool/reserve.ts";
 
 // ---------------------------------------------------------------------------
 // The restart policy

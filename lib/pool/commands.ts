@@ -3,7 +3,7 @@
  * are another process or thread: words over a channel. The supervisor sends
  * `accept`, `stop-accepting`, `drain REASON` or `end`; the worker answers
  * `listening`, `not-accepting` and `stopped`. {@linkcode CommandedWorker} is
- * the supervisor's side (child_worker.ts and threads.ts extend it for a
+ * the supervisor's side (child_worker.ts and ../thread/thread.ts extend it for a
  * process and a thread), {@linkcode obey} the worker's.
  *
  * @module

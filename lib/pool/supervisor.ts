@@ -10,16 +10,17 @@
  *
  * A worker is anything that can say it listens, stop accepting, drain then
  * end, end now, and report how it exited: {@linkcode PoolWorker}
- * (child_worker.ts has one for a child process, threads.ts one for a thread;
- * pool_commands.ts is the protocol both speak).
+ * (child_worker.ts has one for a child process, ../thread/thread.ts one for
+ * a thread, both speaking commands.ts's words; cluster.ts one for a
+ * node:cluster worker).
  *
  * @module
  */
-import { fail, type ModelOption, type ServerOptions } from "../cli.ts";
-import { listenOrExit } from "../listen.ts";
+import type { ModelOption, ServerOptions } from "../cli.ts";
 import { Logger } from "../log.ts";
 import { spawnErrorText } from "../process/children.ts";
 import { onShutdownSignal } from "../signals.ts";
+import { reservePort } from "./reserve.ts";
 import { sleep, within } from "../time.ts";
 
 /** How a worker ended, for the log line that says it will be restarted. */
@@ -377,35 +378,4 @@ export async function supervise<
   }
   pool.accept();
   return pool;
-}
-
-/**
- * Why workers cannot share a port on `os`, or undefined when they can:
- * Deno sets SO_REUSEPORT on Linux only, and ignores `reusePort` elsewhere.
- */
-export function reusePortMissing(os: string): string | undefined {
-  return os === "linux" ? undefined : `the workers share the port with ` +
-    `SO_REUSEPORT, which Deno offers on Linux only (this is ${os})`;
-}
-
-/**
- * Finds the port (0 becomes a free one) and holds it while the workers bind
- * it: first without SO_REUSEPORT, which fails with one line if anybody holds
- * it (even another reusePort group); then with it, so the workers can join.
- * A client that connects before the workers listen may be hashed to this
- * listener and is reset when it closes.
- */
-async function reservePort(
-  options: ServerOptions,
-): Promise<{ addr: Deno.NetAddr; close(): void }> {
-  const missing = reusePortMissing(Deno.build.os);
-  if (missing) fail(options.script, missing);
-  const probe = await listenOrExit(options);
-  const { hostname, port } = probe.addr as Deno.NetAddr;
-  probe.close();
-  const held = await listenOrExit(
-    { ...options, host: hostname, port },
-    (at) => Deno.listen({ ...at, reusePort: true }),
-  );
-  return { addr: held.addr as Deno.NetAddr, close: () => held.close() };
 }
