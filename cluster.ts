@@ -36,6 +36,10 @@ import {
 } from "./lib/pool/cluster.ts";
 import { release } from "./lib/pool/node_serve.ts";
 import * as pool from "./lib/pool/supervisor.ts";
+import { asRole, role, roleArgs } from "./lib/role.ts";
+
+if (role() === "worker") await work(await parse(roleArgs()));
+else await primary(await parse(Deno.args));
 
 /** The echo (RFC 862) on a node:net socket: each chunk read is written back. */
 function echo(socket: net.Socket, cpuMs: number): void {
@@ -80,7 +84,10 @@ async function primary(options: cli.ServerOptions): Promise<void> {
   cluster.schedulingPolicy = cluster.SCHED_NONE; // shared: the workers accept
   // Deno 2.9.6 forks process.argv[1], a placeholder ($deno$node.mjs) when the
   // script runs from a URL: fork the script itself.
-  cluster.setupPrimary({ exec: import.meta.filename ?? import.meta.url });
+  cluster.setupPrimary({
+    exec: import.meta.filename ?? import.meta.url,
+    args: [...asRole("worker"), ...Deno.args], // the same command line
+  });
   await pool.supervise({
     options,
     size,
@@ -96,33 +103,38 @@ async function primary(options: cli.ServerOptions): Promise<void> {
   });
 }
 
-const spec: cli.ModelSpec = {
-  script: "cluster.ts",
-  summary:
-    "Clustered echo server: N worker processes accept on one shared socket.",
-  defaultMaxConns: 10_000,
-  fdProcesses: pool.workersOf,
-  options: {
-    workers: pool.WORKERS_OPTION,
-    schedule: {
-      type: "string",
-      usage: `MODE         shared (default): every worker accepts on the one
+function spec(): cli.ModelSpec {
+  return {
+    script: "cluster.ts",
+    summary:
+      "Clustered echo server: N worker processes accept on one shared socket.",
+    defaultMaxConns: 10_000,
+    fdProcesses: pool.workersOf,
+    options: {
+      workers: pool.WORKERS_OPTION,
+      schedule: {
+        type: "string",
+        usage: `MODE         shared (default): every worker accepts on the one
                           socket; round-robin: the primary deals the clients out`,
+      },
     },
-  },
-};
+  };
+}
 
 function schedule(options: cli.ServerOptions): string {
   return String(options.extra.schedule ?? "shared");
 }
 
-const options = await cli.parseServerArgs(Deno.args, spec);
-if (!["shared", "round-robin"].includes(schedule(options))) {
-  const why = `--schedule must be shared or round-robin, not "${
-    schedule(options)
-  }"`;
-  cli.usageError(spec.script, why, cli.serverUsage(spec));
+/** The command line, the same for the primary and its workers. */
+async function parse(args: string[]): Promise<cli.ServerOptions> {
+  const options = await cli.parseServerArgs(args, spec());
+  if (!["shared", "round-robin"].includes(schedule(options))) {
+    const why = `--schedule must be shared or round-robin, not "${
+      schedule(options)
+    }"`;
+    cli.usageError("cluster.ts", why, cli.serverUsage(spec()));
+  }
+  const size = pool.workersOf(options.extra);
+  cli.refuseFewerConns(spec(), options, pool.workerCount(size), size);
+  return options;
 }
-const size = pool.workersOf(options.extra);
-cli.refuseFewerConns(spec, options, pool.workerCount(size), size);
-await (cluster.isPrimary ? primary(options) : work(options));

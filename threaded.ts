@@ -170,9 +170,9 @@ function spec(): cli.ModelSpec {
         max: 256,
         usage:
           `N                workers started up front (1 to 256), each accepting
-                            on the port; --max-conns (default 10000) is split
-                            among them. Default: a worker per client (--max-conns
-                            default 64)`,
+                          on the port; --max-conns (default 10000) is split
+                          among them. Default: a worker per client (--max-conns
+                          default 64)`,
       },
     },
     denoFlags: "-A --unstable-net --unstable-worker-options",

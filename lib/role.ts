@@ -21,6 +21,11 @@ export function role(args: string[] = Deno.args): string {
   return args[0] === ROLE_FLAG && args[1] ? args[1] : "main";
 }
 
+/** The arguments that start a copy in `name`'s role: `--role NAME`. */
+export function asRole(name: string): string[] {
+  return [ROLE_FLAG, name];
+}
+
 /** A copy's own arguments: what follows `--role NAME`. */
 export function roleArgs(args: string[] = Deno.args): string[] {
   return args[0] === ROLE_FLAG ? args.slice(2) : args;
@@ -45,8 +50,7 @@ export function runAgain(
     "--no-config",
     ...denoFlags,
     script,
-    ROLE_FLAG,
-    name,
+    ...asRole(name),
     ...args,
   ];
 }
