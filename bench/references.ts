@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { spawnChildRole } from "../lib/process/children.ts";
+import { runAgain } from "../lib/role.ts";
 import type { Settings, Status } from "./scenarios.ts";
 
 /** What starting a process or a Worker costs at best, as rates. */
@@ -39,17 +39,19 @@ async function rate(
 }
 
 /**
- * A child started the way forked.ts starts one (children.ts's
- * spawnChildRole: the same deno executable, no config, its own session, no
- * stdin or stdout, stderr piped) but running a module that does nothing, and
- * reaped. What forked.ts adds to this is its own work: loading the script,
+ * A child started the way forked.ts starts one (the same deno executable, no
+ * config, its own session, no stdin or stdout, stderr piped) but running a
+ * module that does nothing, and reaped. What forked.ts adds to this is its own work: loading the script,
  * the socket the child connects back to, and relaying the bytes.
  */
 async function startAndReapChild(module: string): Promise<void> {
-  const child = spawnChildRole(module, "noop", [], {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: runAgain(module, "noop", []),
     stdin: "null",
     stdout: "null",
-  });
+    stderr: "piped",
+    detached: true,
+  }).spawn();
   await child.stderr.cancel();
   const status = await child.status;
   if (!status.success) throw new Error(`noop child exited ${status.code}`);
@@ -96,7 +98,7 @@ export async function referenceRates(
         () => startAndEndWorker(worker),
         (text) => status(`S4 reference: Workers, ${text}`),
       ),
-      childCommand: "spawnChildRole(noop.ts): deno run --no-prompt --no-config",
+      childCommand: "runAgain(noop.ts): deno run --no-prompt --no-config",
     };
   } finally {
     await Deno.remove(dir, { recursive: true });

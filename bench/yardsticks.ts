@@ -21,7 +21,8 @@
  * @module
  */
 import type { Socket } from "node:net";
-import { spawnChildRole } from "../lib/process/children.ts";
+import { onlyTo } from "../lib/process/link.ts";
+import { runAgain } from "../lib/role.ts";
 import { pipe, relay } from "../lib/relay.ts";
 
 /** The name of a bare server's Worker: this prefix, then the port. */
@@ -174,16 +175,13 @@ async function bareRelayClient(
   children: LiveChildren,
 ): Promise<void> {
   const listener = Deno.listen({ transport: "unix", path });
-  const child = spawnChildRole(BARE_RELAY_CHILD, "child", [path], {
-    denoFlags: [
-      `--allow-net=unix:${path}`,
-      `--allow-read=${path}`,
-      `--allow-write=${path}`,
-    ],
+  const child = new Deno.Command(Deno.execPath(), {
+    args: runAgain(BARE_RELAY_CHILD, "child", [path], onlyTo(path)),
     stdin: "null",
     stdout: "null",
     stderr: "null",
-  });
+    detached: true,
+  }).spawn();
   children.add(child.status, () => child.kill("SIGKILL"));
   const link = await Promise.race([
     listener.accept(),

@@ -1,84 +1,11 @@
 /**
- * Child processes: how a script starts a copy of itself in one (Deno cannot
- * fork(); role.ts names the copy's role), how it reads a child's output, how
- * it ends and reaps it so that no zombie or orphan is ever left, and how it
- * says how one exited.
+ * Child processes, once started: how a parent reads a child's output, ends
+ * and reaps it so that no zombie or orphan is ever left, and says how it
+ * exited or why it could not start.
  *
  * @module
  */
-import { runAgain } from "../role.ts";
 import { formatMs } from "../log.ts";
-
-/** How {@linkcode spawnChildRole} starts a child. */
-export interface ChildRoleOptions {
-  /**
-   * `deno run` flags granting the child what it needs (`["--allow-net"]`).
-   * Default: none, so the child has no permission at all.
-   */
-  denoFlags?: string[];
-  /**
-   * The child's stdin (default `"piped"`, the lifeline described below).
-   * `"null"` for a role that learns of its parent's death another way, such
-   * as the end of a connection to the parent.
-   */
-  stdin?: "piped" | "null";
-  /** The child's stdout (default `"piped"`). */
-  stdout?: "piped" | "inherit" | "null";
-  /** The child's stderr (default `"piped"`). */
-  stderr?: "piped" | "inherit" | "null";
-  /** More environment variables for the child, on top of this process's. */
-  env?: Record<string, string>;
-}
-
-/**
- * Starts `script` again in a child process, in the role `name` (role.ts),
- * with `args` after it: `deno run --no-prompt --no-config DENO_FLAGS SCRIPT
- * --role NAME ARGS...` with this process's own deno executable.
- *
- * - The child has exactly the permissions in `denoFlags` (none by default),
- *   never prompts, and ignores any deno.json in the working directory.
- * - Its stdin (unless `stdin: "null"`) is a pipe from this process, kept
- *   open for the child's life:
- *   when this process ends, however it ends (SIGKILL included), the kernel
- *   closes the pipe and the child reads EOF. A child role must end then: serve
- *   its stdin to EOF, or await {@linkcode untilStdinCloses}. (In C,
- *   `prctl(PR_SET_PDEATHSIG)` does this; Deno has no equivalent.)
- * - It runs in a session of its own (setsid), so a Ctrl-C at the terminal
- *   reaches only this process, which decides when its children end.
- *
- * `script` is the caller's `import.meta.filename ?? import.meta.url`. Throws
- * like `Deno.Command.spawn` when the child cannot be started. Reap the child
- * by awaiting its `status` (or {@linkcode terminateChild}).
- */
-export function spawnChildRole(
-  script: string,
-  name: string,
-  args: string[],
-  options: ChildRoleOptions = {},
-): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args: runAgain(script, name, args, options.denoFlags),
-    stdin: options.stdin ?? "piped",
-    stdout: options.stdout ?? "piped",
-    stderr: options.stderr ?? "piped",
-    env: options.env,
-    detached: true,
-  }).spawn();
-}
-
-/**
- * In a child role started by {@linkcode spawnChildRole} that does not use
- * stdin for data: resolves when stdin reaches EOF or fails, that is when the
- * parent has closed it or has died.
- */
-export async function untilStdinCloses(): Promise<void> {
-  const buffer = new Uint8Array(256);
-  try {
-    while ((await Deno.stdin.read(buffer)) !== null) {
-      // not data: the pipe only tells that the parent is alive
-    }
-  } catch { /* a broken pipe is a closed one */ }
-}
 
 /**
  * Calls `onLine` for each line of a child's `stream` (its stdout or stderr)
@@ -116,8 +43,8 @@ export async function forEachLine(
  * its stdin was closed), then sends SIGTERM, then SIGKILL if it still runs
  * `killAfterMs` (default 2000) later. With `group`, the signals go to the
  * child's process group, so that whatever it started ends too: only for a
- * child that leads its own group (`detached: true`, as {@linkcode
- * spawnChildRole} starts them). On a child that has exited it only reaps.
+ * child that leads its own group (`detached: true`, as every child here is
+ * started). On a child that has exited it only reaps.
  */
 export async function terminateChild(
   child: Deno.ChildProcess,

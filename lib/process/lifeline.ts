@@ -11,8 +11,7 @@
  *
  * @module
  */
-import { role, roleArgs } from "../role.ts";
-import { spawnChildRole, untilStdinCloses } from "./children.ts";
+import { role, roleArgs, runAgain } from "../role.ts";
 import { sleep, within } from "../time.ts";
 
 /** How long the watchdog gives the orphans between SIGTERM and SIGKILL. */
@@ -47,14 +46,19 @@ export class Lifeline {
       (byte) => byte.toString(16).padStart(2, "0"),
     ).join("");
     const name = `LIFELINE_${token}`;
-    const watchdog = spawnChildRole(
-      import.meta.filename ?? import.meta.url,
-      "watchdog",
-      [`${name}=`, dir ?? ""],
-      // Deno reads /proc only with --allow-all; --allow-run, which killing
-      // needs, grants as much anyway (a subprocess is not sandboxed).
-      { denoFlags: ["--allow-all"], stdout: "null", stderr: "inherit" },
-    );
+    const script = import.meta.filename ?? import.meta.url;
+    // Deno reads /proc only with --allow-all; --allow-run, which killing
+    // needs, grants as much anyway (a subprocess is not sandboxed).
+    const args = [`${name}=`, dir ?? ""];
+    const watchdog = new Deno.Command(Deno.execPath(), {
+      args: runAgain(script, "watchdog", args, ["--allow-all"]),
+      // The kernel closes this pipe when the server dies, SIGKILL included
+      // (what prctl(PR_SET_PDEATHSIG) does in C, which Deno lacks).
+      stdin: "piped",
+      stdout: "null",
+      stderr: "inherit",
+      detached: true, // a Ctrl-C at the terminal reaches the server only
+    }).spawn();
     return new Lifeline({ [name]: String(Deno.pid) }, watchdog);
   }
 
@@ -130,4 +134,17 @@ async function exists(path: string): Promise<boolean> {
   } catch (error) {
     return !(error instanceof Deno.errors.NotFound);
   }
+}
+
+/**
+ * In the watchdog: resolves when stdin reaches EOF or fails, that is when
+ * the server has closed it or has died.
+ */
+async function untilStdinCloses(): Promise<void> {
+  const buffer = new Uint8Array(256);
+  try {
+    while ((await Deno.stdin.read(buffer)) !== null) {
+      // not data: the pipe only tells that the parent is alive
+    }
+  } catch { /* a broken pipe is a closed one */ }
 }
