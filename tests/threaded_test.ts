@@ -551,3 +551,22 @@ Deno.test("PortStream: an abort fails pending and later reads and writes with it
   await assert.rejects(b.read(new Uint8Array(1)), /closed/);
   b.close();
 });
+
+Deno.test("PortStream: close waits until the other side has closed too, every message it was sent taken", async () => {
+  const [a, b] = streamPair();
+  // A credit (a moved buffer) posted just before the close: the other side
+  // must have taken it off its port before this side lets go.
+  await a.write(new Uint8Array(10));
+  const into = new Uint8Array(10);
+  assert.equal(await b.read(into), 10); // b posts the buffer back to a
+  let aClosed = false;
+  const closing = a.close().then(() => aClosed = true);
+  assert.equal(await settlesWithin(closing, 100), false, "closed alone");
+  await b.closed; // a's close came after everything a posted
+  assert.equal(aClosed, false);
+  await b.close(); // the answer: b had nothing left queued from a
+  await closing;
+  await assert.rejects(a.read(into), /closed/);
+  a.release(); // a second let-go does nothing
+  await a.close(); // nor a second close
+});
