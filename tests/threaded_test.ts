@@ -19,6 +19,7 @@ import {
   serverTest,
   settlesWithin,
   startServer,
+  streamAndCheck,
   withTimeout,
   writeAll,
 } from "./harness.ts";
@@ -303,6 +304,91 @@ serverTest(
     assert.ok(grew < 24 * 1024, `the server's peak RSS grew by ${grew} KiB`);
   },
   { ms: 60_000 },
+);
+
+/**
+ * The V8 flag threaded.ts's shebang runs with: a terminated worker's heap
+ * pages go back to the system at once instead of into a pool that V8 empties
+ * only some time later (docs/models/threaded.md, "Memory").
+ */
+const RELEASE_PAGES = "--no-memory-pool-share-memory-on-teardown";
+
+/**
+ * The server's RSS in KiB once it has settled: its lowest reading, once no
+ * lower one has come for `quietMs` (V8 shrinks an idle heap 8 s after its
+ * last collection), or after `maxMs`. Polled: nothing announces it.
+ */
+async function settledRssKiB(
+  pid: number,
+  quietMs = 10_000,
+  maxMs = 20_000,
+): Promise<number> {
+  const started = performance.now();
+  let lowest = await rssKiB(pid);
+  let since = started;
+  while (performance.now() - since < quietMs) {
+    if (performance.now() - started > maxMs) break;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const now = await rssKiB(pid);
+    if (now < lowest - 256) since = performance.now();
+    lowest = Math.min(lowest, now);
+  }
+  return lowest;
+}
+
+/** Serves `count` clients that stream `bytes` each, `concurrency` at once. */
+async function serveClients(
+  server: Server,
+  count: number,
+  bytes: Uint8Array,
+  concurrency: number,
+): Promise<void> {
+  let started = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (started < count) {
+        started++;
+        using conn = await server.connect();
+        await streamAndCheck(conn, bytes);
+      }
+    }),
+  );
+}
+
+serverTest(
+  `${SCRIPT}: after 250 clients of 1 MiB, 1,250 more keep at most 5 KiB each once memory settles`,
+  async () => {
+    // Run as the shebang runs it (DENO_V8_FLAGS reaches the child: a spawned
+    // process inherits the environment).
+    const flags = Deno.env.get("DENO_V8_FLAGS");
+    Deno.env.set(
+      "DENO_V8_FLAGS",
+      [flags, RELEASE_PAGES].filter(Boolean).join(","),
+    );
+    let server;
+    try {
+      server = await startServer(SCRIPT, ["--quiet"]);
+    } finally {
+      if (flags === undefined) Deno.env.delete("DENO_V8_FLAGS");
+      else Deno.env.set("DENO_V8_FLAGS", flags);
+    }
+    await using _ = server;
+    const bytes = pattern(1 * MiB, 21);
+    // The first 250 grow what a busy server keeps whatever the count: the
+    // allocator's arenas, V8's heaps at their working size.
+    await serveClients(server, 250, bytes, 8);
+    const first = await settledRssKiB(server.pid);
+    await serveClients(server, 1250, bytes, 8);
+    const after = await settledRssKiB(server.pid);
+    const perClient = (after - first) / 1250;
+    assert.ok(
+      perClient <= 5,
+      `${
+        perClient.toFixed(1)
+      } KiB kept per client served (${first} -> ${after} KiB)`,
+    );
+  },
+  { ms: 90_000 },
 );
 
 serverTest(
