@@ -6,7 +6,8 @@
  * @module
  */
 import type { BenchResult } from "./run.ts";
-import type { Row } from "./scenarios.ts";
+import { type Row, servedClients } from "./scenarios.ts";
+import { formatBytes } from "../lib/log.ts";
 
 /** 3 significant figures, thousands separated: 25,100 · 312 · 4.21 · 0.042. */
 export function formatNumber(value: unknown): string {
@@ -36,7 +37,8 @@ const COLUMNS: Record<string, string> = {
   S3: "mbPerSecond p99Ms serverCores loadCores errors",
   S4: "connectionsPerSecond p50Ms p99Ms errors",
   S5: "requestsPerSecond p99Ms serverCores serverCpuMsPerRequest errors",
-  S6: "idleServed rssMiB kbPerIdleClient pssKbPerIdleClient activeP99Ms",
+  S6:
+    "idleServed rssMiB kbPerIdleClient pssKbPerIdleClient activeP99Ms kbPerServedClient",
   S7: "firstEchoMs errors",
   S8:
     "s2Clients s2SharesPercent s2Range s4Clients s4SharesPercent s4Range restedPairsSplit backToBackPairsSplit",
@@ -101,6 +103,13 @@ const CELLS: Record<string, [title: string, cell?: (row: Row) => string]> = {
         .join(" → "),
   ],
   kbPerIdleClient: ["KB/idle client (RSS)"],
+  kbPerServedClient: [
+    "KB kept/served client (RSS)",
+    (row) =>
+      row.servedFailures
+        ? `${row.servedFailures} not served`
+        : formatNumber(row.kbPerServedClient),
+  ],
   pssKbPerIdleClient: ["(PSS)"],
   activeP99Ms: [
     "active p99 ms",
@@ -155,10 +164,13 @@ export function markdown(result: BenchResult, chart?: string): string {
     "absolute figures move with the machine and its load.",
     ...(chart ? ["", `![The scenarios as bar charts](${chart})`] : []),
   ];
+  const served = servedClients(settings.quick);
   for (const scenario of result.scenarios) {
     const columns = COLUMNS[scenario.id].split(" ");
     const load = scenario.id === "S6"
-      ? `${settings.idleClients} idle clients held open plus one active client`
+      ? `${settings.idleClients} idle clients held open plus one active client; then, once they are gone, ${served.warm} clients that each stream ${
+        formatBytes(served.bytes)
+      } and leave, and ${served.count} more: the RSS kept per client of the second batch, each reading taken once memory settled`
       : scenario.id === "S7"
       ? `a second client while the first holds its connection idle for ${settings.holdSeconds} s (median of ${settings.waitRepeats})`
       : scenario.id === "S8"

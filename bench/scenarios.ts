@@ -20,6 +20,7 @@ export interface Settings {
   warmup: number;
   /** Idle clients S6 tries to hold. */
   idleClients: number;
+
   /** Seconds the first client of S7 stays idle. */
   holdSeconds: number;
   /** Times each scenario runs on each server (the median row is kept). */
@@ -175,7 +176,9 @@ export function steadyLoad(
  * no more: `--max-conns`, or one client at a time), or the server's memory
  * passes a quarter of what the machine has free. Then one active client runs:
  * served at once by the models that multiplex, left waiting by those whose
- * every slot an idle client holds. Headline: RSS per idle client.
+ * every slot an idle client holds. Headline: RSS per idle client. Then, with
+ * the idle clients gone, the memory a served client leaves behind (see
+ * {@linkcode servedMemory}): what a server that runs for days grows by.
  */
 export function idleClients(id: string, title: string, load: string): Scenario {
   return {
@@ -188,7 +191,11 @@ export function idleClients(id: string, title: string, load: string): Scenario {
     // Kilobytes against tens of megabytes: on a linear scale the models
     // that matter would be invisible.
     log: true,
-    run: idleMemory,
+    async run(server, settings, status) {
+      const idle = await idleMemory(server, settings, status);
+      const served = servedClients(settings.quick);
+      return { ...idle, ...await servedMemory(server, served, status) };
+    },
   };
 }
 
@@ -292,6 +299,104 @@ async function idleMemory(
     }
     await Promise.all(pending);
   }
+}
+
+/**
+ * S6's served clients: `warm` first, then `count` more, each sending `bytes`
+ * and reading them back; memory is read once it has settled after each batch
+ * (no lower reading for `quietMs`).
+ */
+export interface ServedClients {
+  warm: number;
+  count: number;
+  bytes: number;
+  quietMs: number;
+}
+
+/**
+ * How many, how big: enough that 20 KB kept per client shows above the
+ * noise of a settled reading (a few MB), in about half a minute a server.
+ */
+export function servedClients(quick: boolean): ServedClients {
+  return quick
+    ? { warm: 10, count: 40, bytes: 16 * 1024, quietMs: 500 }
+    : { warm: 100, count: 500, bytes: 256 * 1024, quietMs: 9000 };
+}
+
+/** Clients streaming at once in S6's served-clients part. */
+const SERVED_AT_ONCE = 8;
+
+/**
+ * S6's second part: `warm` clients stream `bytes` each and leave (what any
+ * busy server grows to: allocator arenas, heaps at their working size), the
+ * memory settles, `count` more do the same, it settles again. The growth per
+ * client of the second batch is what the server keeps per client served:
+ * near 0 for a server that gives back what each client took. Returns the
+ * row's fields (null where the server did not serve every client).
+ */
+export async function servedMemory(
+  server: RunningServer,
+  served: ServedClients,
+  status: Status,
+): Promise<Numbers> {
+  const message = new Uint8Array(served.bytes).map((_, i) => i * 31 + 7);
+  let failures = 0;
+  const batch = async (count: number, what: string) => {
+    let started = 0;
+    let done = 0;
+    await Promise.all(
+      Array.from({ length: SERVED_AT_ONCE }, async () => {
+        while (started < count) {
+          started++;
+          let conn: Deno.Conn | undefined;
+          try {
+            conn = await connectTo(server, 10_000);
+            if (!(await exchange(conn, message, 30_000))) failures++;
+          } catch {
+            failures++;
+          } finally {
+            try {
+              conn?.close();
+            } catch { /* closed by the timeout */ }
+          }
+          status(`${what}: ${++done} of ${count} served`);
+        }
+      }),
+    );
+  };
+  await batch(served.warm, "served clients, warm-up");
+  const warmed = await settledRss(server.pid, served.quietMs);
+  await batch(served.count, "served clients");
+  const after = await settledRss(server.pid, served.quietMs);
+  return {
+    servedClients: served.count,
+    servedBytes: served.bytes,
+    servedFailures: failures,
+    rssWarmBytes: warmed,
+    rssServedBytes: after,
+    kbPerServedClient: failures ? null : (after - warmed) / served.count / 1000,
+  };
+}
+
+/**
+ * The tree's RSS once it has settled: its lowest reading once no lower one
+ * came for `quietMs` (V8 shrinks an idle heap some 8 s after its last
+ * collection), or after three times that. Polled: nothing announces it.
+ */
+async function settledRss(pid: number, quietMs: number): Promise<number> {
+  const started = performance.now();
+  let lowest = treeMemory(pid).rss;
+  let since = started;
+  while (
+    performance.now() - since < quietMs &&
+    performance.now() - started < 3 * quietMs
+  ) {
+    await sleep(Math.min(250, quietMs / 4));
+    const now = treeMemory(pid).rss;
+    if (now < lowest - 256 * 1024) since = performance.now();
+    lowest = Math.min(lowest, now);
+  }
+  return lowest;
 }
 
 /**

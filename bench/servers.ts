@@ -69,6 +69,7 @@ export function model(
       Deno.execPath(),
       "run",
       "-A",
+      ...shebangV8Flags(script),
       script,
       "0",
       ...(verbose ? [] : ["--quiet"]),
@@ -78,6 +79,22 @@ export function model(
       ...(cpuMs ? ["--cpu-ms", String(cpuMs)] : []),
     ],
   };
+}
+
+/**
+ * The `--v8-flags=...` on `script`'s shebang line, if any: a model that needs
+ * V8 set up its way (threaded.ts: a terminated worker's heap pages go back to
+ * the system at once) is measured the way it runs.
+ */
+export function shebangV8Flags(script: string): string[] {
+  try {
+    const first = Deno.readTextFileSync(`${ROOT}/${script}`).split("\n", 1)[0];
+    return first.startsWith("#!")
+      ? first.split(/\s+/).filter((arg) => arg.startsWith("--v8-flags="))
+      : [];
+  } catch {
+    return []; // a missing script is reported when the run starts it
+  }
 }
 
 /** One of bench.ts's own yardsticks: `bench.ts ARGS` (bench/yardsticks.ts). */

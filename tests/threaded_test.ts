@@ -19,6 +19,7 @@ import {
   serverTest,
   settlesWithin,
   startServer,
+  streamAndCheck,
   withTimeout,
   writeAll,
 } from "./harness.ts";
@@ -305,6 +306,91 @@ serverTest(
   { ms: 60_000 },
 );
 
+/**
+ * The V8 flag threaded.ts's shebang runs with: a terminated worker's heap
+ * pages go back to the system at once instead of into a pool that V8 empties
+ * only some time later (docs/models/threaded.md, "Memory").
+ */
+const RELEASE_PAGES = "--no-memory-pool-share-memory-on-teardown";
+
+/**
+ * The server's RSS in KiB once it has settled: its lowest reading, once no
+ * lower one has come for `quietMs` (V8 shrinks an idle heap 8 s after its
+ * last collection), or after `maxMs`. Polled: nothing announces it.
+ */
+async function settledRssKiB(
+  pid: number,
+  quietMs = 10_000,
+  maxMs = 20_000,
+): Promise<number> {
+  const started = performance.now();
+  let lowest = await rssKiB(pid);
+  let since = started;
+  while (performance.now() - since < quietMs) {
+    if (performance.now() - started > maxMs) break;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const now = await rssKiB(pid);
+    if (now < lowest - 256) since = performance.now();
+    lowest = Math.min(lowest, now);
+  }
+  return lowest;
+}
+
+/** Serves `count` clients that stream `bytes` each, `concurrency` at once. */
+async function serveClients(
+  server: Server,
+  count: number,
+  bytes: Uint8Array,
+  concurrency: number,
+): Promise<void> {
+  let started = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (started < count) {
+        started++;
+        using conn = await server.connect();
+        await streamAndCheck(conn, bytes);
+      }
+    }),
+  );
+}
+
+serverTest(
+  `${SCRIPT}: after 250 clients of 1 MiB, 1,250 more keep at most 5 KiB each once memory settles`,
+  async () => {
+    // Run as the shebang runs it (DENO_V8_FLAGS reaches the child: a spawned
+    // process inherits the environment).
+    const flags = Deno.env.get("DENO_V8_FLAGS");
+    Deno.env.set(
+      "DENO_V8_FLAGS",
+      [flags, RELEASE_PAGES].filter(Boolean).join(","),
+    );
+    let server;
+    try {
+      server = await startServer(SCRIPT, ["--quiet"]);
+    } finally {
+      if (flags === undefined) Deno.env.delete("DENO_V8_FLAGS");
+      else Deno.env.set("DENO_V8_FLAGS", flags);
+    }
+    await using _ = server;
+    const bytes = pattern(1 * MiB, 21);
+    // The first 250 grow what a busy server keeps whatever the count: the
+    // allocator's arenas, V8's heaps at their working size.
+    await serveClients(server, 250, bytes, 8);
+    const first = await settledRssKiB(server.pid);
+    await serveClients(server, 1250, bytes, 8);
+    const after = await settledRssKiB(server.pid);
+    const perClient = (after - first) / 1250;
+    assert.ok(
+      perClient <= 5,
+      `${
+        perClient.toFixed(1)
+      } KiB kept per client served (${first} -> ${after} KiB)`,
+    );
+  },
+  { ms: 90_000 },
+);
+
 serverTest(
   `${SCRIPT}: a worker that throws (SIGUSR2) ends its own client only`,
   async () => {
@@ -552,4 +638,23 @@ Deno.test("PortStream: an abort fails pending and later reads and writes with it
   await b.closed; // the other side learns the stream is gone
   await assert.rejects(b.read(new Uint8Array(1)), /closed/);
   b.close();
+});
+
+Deno.test("PortStream: close waits until the other side has closed too, every message it was sent taken", async () => {
+  const [a, b] = streamPair();
+  // A credit (a moved buffer) posted just before the close: the other side
+  // must have taken it off its port before this side lets go.
+  await a.write(new Uint8Array(10));
+  const into = new Uint8Array(10);
+  assert.equal(await b.read(into), 10); // b posts the buffer back to a
+  let aClosed = false;
+  const closing = a.close().then(() => aClosed = true);
+  assert.equal(await settlesWithin(closing, 100), false, "closed alone");
+  await b.closed; // a's close came after everything a posted
+  assert.equal(aClosed, false);
+  await b.close(); // the answer: b had nothing left queued from a
+  await closing;
+  await assert.rejects(a.read(into), /closed/);
+  a.release(); // a second let-go does nothing
+  await a.close(); // nor a second close
 });

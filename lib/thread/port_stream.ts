@@ -9,6 +9,12 @@
  * messages too, so a {@linkcode PortStream} is a {@linkcode Duplex} that
  * relay.ts can pipe, half-close included.
  *
+ * Closing is a handshake: each side posts "close" once, and lets its port go
+ * only when the other side's "close" has come, so that every message either
+ * side sent has been taken off the port by then. A Worker must not be
+ * terminated while messages that move buffers are still queued to it: Deno
+ * (2.9.6) never frees those buffers (docs/models/threaded.md, "Memory").
+ *
  * @module
  */
 import type { Duplex } from "../relay.ts";
@@ -19,7 +25,10 @@ const CHUNK_SIZE = 64 * 1024;
 const CHUNKS = 8;
 /** This side will write no more: the other side's read returns null. */
 const EOF = "eof";
-/** This side is done with the stream: the other side's reads and writes fail. */
+/**
+ * This side is done with the stream and will post nothing more: the other
+ * side's reads and writes fail, and its own "close" answers this one.
+ */
 const CLOSE = "close";
 
 /** One end of a two-way byte stream between two threads. */
@@ -34,6 +43,8 @@ export class PortStream implements Duplex {
   #offset = 0;
   #closed = Promise.withResolvers<void>();
   #peerClosed = false;
+  #closing = false;
+  #released = false;
   #failure?: Error;
   #signals: AbortSignal[];
 
@@ -53,6 +64,7 @@ export class PortStream implements Duplex {
         this.#peerClosed = true;
         this.#fail(new Error("the other side closed the stream"));
         this.#closed.resolve();
+        if (this.#closing) this.release(); // our close answered: all taken
       }
     };
     for (const signal of signals) {
@@ -112,12 +124,32 @@ export class PortStream implements Duplex {
     return Promise.resolve();
   }
 
-  /** Done with the stream: tells the other side, and lets the port go. */
-  close(): void {
+  /**
+   * Done with the stream: tells the other side (or answers its close), and
+   * resolves once the other side has closed too, every message it was sent
+   * taken; then the port is let go. A caller that cannot wait for that (the
+   * other thread is dead, or busy for too long) calls
+   * {@linkcode PortStream.release}.
+   */
+  close(): Promise<void> {
+    if (this.#released) return Promise.resolve();
+    if (!this.#closing) {
+      this.#closing = true;
+      this.#port.postMessage(CLOSE);
+      this.#fail(new Error("the stream is closed"));
+      if (this.#peerClosed) this.release();
+    }
+    return this.#closed.promise;
+  }
+
+  /** Lets the port go now, whether or not the other side has closed. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
     for (const signal of this.#signals) {
       signal.removeEventListener("abort", this.#onAbort);
     }
-    if (!this.#peerClosed) this.#port.postMessage(CLOSE);
+    this.#port.onmessage = null; // the port's last reference to this stream
     this.#port.close();
     this.#fail(new Error("the stream is closed"));
   }
