@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run -A --unstable-net --unstable-worker-options
+#!/usr/bin/env -S deno run -A --unstable-net --unstable-worker-options --v8-flags=--no-memory-pool-share-memory-on-teardown
 /**
  * Threaded echo server: a Web Worker per client, or a pool of N workers.
  *
@@ -175,6 +175,7 @@ function spec(): cli.ModelSpec {
                           default 64)`,
       },
     },
-    denoFlags: "-A --unstable-net --unstable-worker-options",
+    denoFlags: "-A --unstable-net --unstable-worker-options " +
+      "--v8-flags=--no-memory-pool-share-memory-on-teardown",
   };
 }

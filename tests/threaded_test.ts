@@ -12,6 +12,7 @@ import {
   pattern,
   readExactly,
   readToEnd,
+  ROOT,
   roundTrip,
   roundTripText,
   rssKiB,
@@ -307,11 +308,16 @@ serverTest(
 );
 
 /**
- * The V8 flag threaded.ts's shebang runs with: a terminated worker's heap
+ * The V8 flags threaded.ts's shebang runs with (a terminated worker's heap
  * pages go back to the system at once instead of into a pool that V8 empties
- * only some time later (docs/models/threaded.md, "Memory").
+ * only some time later: docs/models/threaded.md, "Memory").
  */
-const RELEASE_PAGES = "--no-memory-pool-share-memory-on-teardown";
+function shebangV8Flags(): string {
+  const shebang = Deno.readTextFileSync(`${ROOT}${SCRIPT}`).split("\n", 1)[0];
+  const flags = shebang.match(/ --v8-flags=(\S+)/)?.[1];
+  assert.ok(flags, `${SCRIPT}'s shebang carries no --v8-flags`);
+  return flags;
+}
 
 /**
  * The server's RSS in KiB once it has settled: its lowest reading, once no
@@ -363,7 +369,7 @@ serverTest(
     const flags = Deno.env.get("DENO_V8_FLAGS");
     Deno.env.set(
       "DENO_V8_FLAGS",
-      [flags, RELEASE_PAGES].filter(Boolean).join(","),
+      [flags, shebangV8Flags()].filter(Boolean).join(","),
     );
     let server;
     try {
