@@ -341,7 +341,9 @@ async function exchangeOrExit(
       if (n === null) throw new Deno.errors.UnexpectedEof();
       got += n;
     }
-    await sending;
+    // Read to its end, the connection is closed: a send still under way fails
+    // then, and what came back (compared by the caller) says what happened.
+    if (!whole) await sending;
     return [echoed, (conn.remoteAddr as Deno.NetAddr).hostname ?? ""];
   } catch (error) {
     const where = targetName(target);

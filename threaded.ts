@@ -50,10 +50,7 @@ function startThread(permissions = ECHO_ONLY): threads.Thread {
 
 /** echoservert.c: the main thread accepts; every client gets a new thread. */
 async function threadPerClient(options: cli.ServerOptions): Promise<void> {
-  // One worker before the banner: if it cannot run, fail now, not later.
-  const probe = startThread();
-  await probe.ready.catch((error) => cli.fail(spec().script, error.message));
-  await probe.terminate();
+  await threads.tryOut(startThread(), spec().script); // before the banner
   const listener = await listenOrExit(options, (at) => Deno.listen(at));
   const banner = ["a worker per client"];
   const server = new EchoServer(options, listener, { banner });

@@ -126,8 +126,9 @@ Deno.test("docs/models point at the right lines: each [`call`](../../SCRIPT.ts#L
     for (const [, call, script, line] of page.matchAll(link)) {
       const lines = (await Deno.readTextFile(`${ROOT}${script}`)).split("\n");
       const text = lines[Number(line) - 1] ?? "";
+      const comment = /^\s*(\/\/|\*|\/\*)/.test(text);
       assert.ok(
-        text.includes(call),
+        text.includes(call) && !comment,
         `${entry.name}: ${script}:${line} is "${text.trim()}", not ${call}`,
       );
       links++;

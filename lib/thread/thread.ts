@@ -10,7 +10,7 @@
  *
  * @module
  */
-import type { ServerOptions } from "../cli.ts";
+import { fail, type ServerOptions } from "../cli.ts";
 import { bindErrorText } from "../listen.ts";
 import { formatAddr, formatMs, type Logger, type Who } from "../log.ts";
 import { CommandedWorker, obey } from "../pool/commands.ts";
@@ -190,6 +190,16 @@ export class Thread extends CommandedWorker {
   override toString(): string {
     return this.name;
   }
+}
+
+/**
+ * Waits for `thread` to run, then ends it: a server that starts a worker per
+ * client tries one before its banner, and exits 1 with one line (`script:
+ * why`) if it cannot run, rather than fail each client later.
+ */
+export async function tryOut(thread: Thread, script: string): Promise<void> {
+  await thread.ready.catch((error) => fail(script, error.message));
+  await thread.terminate();
 }
 
 /** The OS thread id of the thread Deno named `worker-k`, if /proc tells. */
