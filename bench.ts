@@ -14,7 +14,7 @@
  * Run:  deno task bench                    (everything: about 5 minutes)
  *       deno task bench --rounds 3 --report docs/benchmarks.md --svg docs/bench.svg
  * Try:  deno run -A bench.ts --only evented,bare --scenarios S2,S3
- *       deno run -A bench.ts --quick               (a smoke run, under a minute)
+ *       deno run -A bench.ts --quick               (a smoke run, about 70 s)
  *
  * Read: rows of one run are comparable with each other; a busy machine makes
  * every number noisy, so compare ratios, not absolute figures.
