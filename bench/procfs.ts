@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { sleep } from "../lib/time.ts";
 
 /** One process: enough to find it again, and to tell a reused pid apart. */
 interface Proc {
@@ -134,4 +135,29 @@ export function describeMachine(): Machine {
     v8: Deno.version.v8,
     date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
   };
+}
+
+/**
+ * The RSS of `pid`'s tree, in bytes, once it has settled: its lowest reading
+ * once no lower one came for `quietMs` (V8 shrinks an idle heap some 8 s
+ * after its last collection), or after `maxMs`. Polled: nothing announces it.
+ */
+export async function settledRss(
+  pid: number,
+  quietMs: number,
+  maxMs = 3 * quietMs,
+): Promise<number> {
+  const started = performance.now();
+  let lowest = treeMemory(pid).rss;
+  let since = started;
+  while (
+    performance.now() - since < quietMs &&
+    performance.now() - started < maxMs
+  ) {
+    await sleep(Math.min(250, quietMs / 4));
+    const now = treeMemory(pid).rss;
+    if (now < lowest - 256 * 1024) since = performance.now();
+    lowest = Math.min(lowest, now);
+  }
+  return lowest;
 }

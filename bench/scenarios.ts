@@ -9,7 +9,13 @@
 import { type LoadOptions, runLoad } from "../lib/load/load.ts";
 import { writeAll } from "../lib/echo.ts";
 import { sleep } from "../lib/time.ts";
-import { cpuMs, meminfoBytes, treeCpuMs, treeMemory } from "./procfs.ts";
+import {
+  cpuMs,
+  meminfoBytes,
+  settledRss,
+  treeCpuMs,
+  treeMemory,
+} from "./procfs.ts";
 import type { RunningServer } from "./servers.ts";
 
 /** How long and how big the runs are. */
@@ -376,27 +382,6 @@ export async function servedMemory(
     rssServedBytes: after,
     kbPerServedClient: failures ? null : (after - warmed) / served.count / 1000,
   };
-}
-
-/**
- * The tree's RSS once it has settled: its lowest reading once no lower one
- * came for `quietMs` (V8 shrinks an idle heap some 8 s after its last
- * collection), or after three times that. Polled: nothing announces it.
- */
-async function settledRss(pid: number, quietMs: number): Promise<number> {
-  const started = performance.now();
-  let lowest = treeMemory(pid).rss;
-  let since = started;
-  while (
-    performance.now() - since < quietMs &&
-    performance.now() - started < 3 * quietMs
-  ) {
-    await sleep(Math.min(250, quietMs / 4));
-    const now = treeMemory(pid).rss;
-    if (now < lowest - 256 * 1024) since = performance.now();
-    lowest = Math.min(lowest, now);
-  }
-  return lowest;
 }
 
 /**

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { PortStream } from "../lib/thread/port_stream.ts";
 import { pipe } from "../lib/relay.ts";
+import { settledRss } from "../bench/procfs.ts";
 import { echoServerConformance } from "./conformance.ts";
 import {
   assertNoStackTrace,
@@ -319,27 +320,9 @@ function shebangV8Flags(): string {
   return flags;
 }
 
-/**
- * The server's RSS in KiB once it has settled: its lowest reading, once no
- * lower one has come for `quietMs` (V8 shrinks an idle heap 8 s after its
- * last collection), or after `maxMs`. Polled: nothing announces it.
- */
-async function settledRssKiB(
-  pid: number,
-  quietMs = 10_000,
-  maxMs = 30_000,
-): Promise<number> {
-  const started = performance.now();
-  let lowest = await rssKiB(pid);
-  let since = started;
-  while (performance.now() - since < quietMs) {
-    if (performance.now() - started > maxMs) break;
-    await new Promise((resolve) => setTimeout(resolve, 250));
-    const now = await rssKiB(pid);
-    if (now < lowest - 256) since = performance.now();
-    lowest = Math.min(lowest, now);
-  }
-  return lowest;
+/** The server's RSS in KiB once it has settled (bench's own measure). */
+async function settledRssKiB(pid: number): Promise<number> {
+  return (await settledRss(pid, 10_000, 30_000)) / 1024;
 }
 
 /** Serves `count` clients that stream `bytes` each, `concurrency` at once. */
