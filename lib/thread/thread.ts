@@ -17,7 +17,7 @@ import { CommandedWorker, obey } from "../pool/commands.ts";
 import { PortStream } from "./port_stream.ts";
 import { relay } from "../relay.ts";
 import type { EchoServer, Session, StartOptions } from "../serve.ts";
-import { sleep } from "../time.ts";
+import { sleep, within } from "../time.ts";
 
 /** What the main thread posts to make a worker throw, as a bug would. */
 const FAULT = "fault";
@@ -359,18 +359,11 @@ export async function closeStream(
   stream: PortStream,
   dead: AbortSignal,
 ): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let onDead = () => {};
-  await Promise.race([
-    stream.close(),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, CLOSE_WAIT_MS);
-      onDead = resolve;
-      if (dead.aborted) resolve();
-      dead.addEventListener("abort", onDead);
-    }),
-  ]);
-  clearTimeout(timer);
-  dead.removeEventListener("abort", onDead);
+  const died = Promise.withResolvers<void>();
+  const onDead = () => died.resolve();
+  if (dead.aborted) onDead();
+  else dead.addEventListener("abort", onDead, { once: true });
+  await within(Promise.race([stream.close(), died.promise]), CLOSE_WAIT_MS);
+  dead.removeEventListener("abort", onDead); // a pool worker lives on
   stream.release(); // a pool worker goes on: it lets this client's port go
 }
