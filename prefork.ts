@@ -75,11 +75,8 @@ async function worker(): Promise<void> {
     options,
     (at) => Deno.listen({ ...at, reusePort: true }), // the kernel picks one
   );
-  const server = new EchoServer(options, listener, {
-    who: { pid: Deno.pid, worker: +slot },
-    signals: false, // the parent's word, or its death, stops a worker
-    announce: false, // the parent prints the one banner
-  });
+  const who = { pid: Deno.pid, worker: +slot }; // a pool worker: no banner
+  const server = new EchoServer(options, listener, { who });
   await obeyParent(server); // until the banner is out
   for (;;) {
     const conn = await server.accept(); // null once told to stop

@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { ServerOptions } from "./cli.ts";
+
 /** Who serves a client: the process, and the worker or child number if any. */
 export interface Who {
   pid: number;
@@ -106,6 +108,22 @@ export class Logger {
     );
   }
 
+  /**
+   * A TCP server's banner: `listening on ADDR (MODEL, WORDS..., pid PID)`,
+   * then the line saying `--max-conns` was lowered to fit `ulimit -n`, if it was.
+   */
+  banner(
+    options: ServerOptions,
+    addr: Deno.Addr,
+    words: string[],
+    fields: Record<string, unknown> = {},
+  ): void {
+    const { model, maxConns, fdCapNote } = options;
+    const all = [model, ...words, `pid ${Deno.pid}`];
+    this.listening(addr, all, { model, maxConns, ...fields });
+    if (fdCapNote) this.event("max-conns", fdCapNote, { maxConns }, true);
+  }
+
   /** Logs an error on stderr as one line; never throws. */
   error(text: string, fields: Record<string, unknown> = {}): void {
     const line = this.#json
@@ -133,6 +151,11 @@ function writeLine(line: string): void {
   try {
     console.log(line);
   } catch { /* stdout closed (reader gone): keep serving */ }
+}
+
+/** Milliseconds to a tenth, for JSON fields: `31.2`. */
+export function tenths(ms: number): number {
+  return Math.round(ms * 10) / 10;
 }
 
 /** Formats a duration for people: `31.2 ms`, `2.01 s`. */

@@ -9,7 +9,14 @@
  * @module
  */
 import type { ServerOptions } from "./cli.ts";
-import { formatAddr, formatBytes, formatMs, Logger, type Who } from "./log.ts";
+import {
+  formatAddr,
+  formatBytes,
+  formatMs,
+  Logger,
+  tenths,
+  type Who,
+} from "./log.ts";
 import type { Counters } from "./echo.ts";
 import { onShutdownSignal } from "./signals.ts";
 import { sleep, within } from "./time.ts";
@@ -74,19 +81,16 @@ export function closeReason(error: unknown): string {
 
 /** How a server is started, besides its command line. */
 export interface StartOptions {
-  /** Who serves: shown on every log line (default: this process). */
+  /**
+   * Who serves: shown on every log line (default: this process). A pool
+   * worker (`who.worker` set) prints no banner and leaves the stop signals to
+   * its supervisor, which prints the one banner and tells it when to stop.
+   */
   who?: Who;
   /** More words for the banner, after the model name. */
   banner?: string[];
-  /** Stop on SIGINT, SIGTERM or SIGHUP: drain and exit 0 (default true). */
-  signals?: boolean;
   /** Runs after clients are drained and closed, before exit. */
   onStop?: () => Promise<void> | void;
-  /**
-   * Print the banner (default true). False for one of several workers that
-   * share a port, whose supervisor prints the one banner for them all.
-   */
-  announce?: boolean;
   /**
    * Numbers the next client (default: 1, 2, 3... per server). Workers that
    * share a port pass a shared counter, so that `#id` is unique in the process.
@@ -111,8 +115,8 @@ export class EchoServer {
   readonly log: Logger;
 
   /**
-   * Takes over the bound `listener`: registers the stop signals (unless
-   * `start.signals` is false), then prints the banner.
+   * Takes over the bound `listener`: registers the stop signals, then prints
+   * the banner (neither in a pool worker: see {@linkcode StartOptions.who}).
    */
   constructor(
     /** The parsed command line. */
@@ -120,27 +124,12 @@ export class EchoServer {
     readonly listener: Deno.Listener,
     readonly start: StartOptions = {},
   ) {
-    const log = this.log = new Logger(options, start.who);
+    this.log = new Logger(options, start.who);
     this.addr = listener.addr;
     // Handlers first: whoever has seen the banner may signal at once.
-    if (start.signals !== false) {
+    if (start.who?.worker === undefined) {
       onShutdownSignal((signal) => this.#stopAndExit(signal));
-    }
-    const words = [options.model, ...(start.banner ?? [])];
-    if (start.who?.worker === undefined) words.push(`pid ${Deno.pid}`);
-    if (start.announce !== false) {
-      log.listening(this.addr, words, {
-        model: options.model,
-        maxConns: options.maxConns,
-      });
-    }
-    if (options.fdCapNote && start.announce !== false) {
-      log.event(
-        "max-conns",
-        options.fdCapNote,
-        { maxConns: options.maxConns },
-        true,
-      );
+      this.log.banner(options, this.addr, start.banner ?? []);
     }
     if (options.idleTimeout > 0) this.#watchIdle(options.idleTimeout * 1000);
   }
@@ -324,7 +313,7 @@ function logClosed(log: Logger, session: Session, reason: string): void {
     `#${id} ${client} closed (${reason}): ${formatBytes(bytesIn)} in, ${
       formatBytes(bytesOut)
     } out, ${formatMs(ms)}`,
-    { id, client, reason, bytesIn, bytesOut, ms: Math.round(ms * 10) / 10 },
+    { id, client, reason, bytesIn, bytesOut, ms: tenths(ms) },
   );
 }
 

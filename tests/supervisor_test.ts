@@ -365,8 +365,7 @@ Deno.test("CommandedWorker and obey: listening, accept, stop-accepting, drain, s
   };
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const server = new EchoServer(options, listener, {
-    signals: false,
-    announce: false,
+    who: { pid: Deno.pid, worker: 1 }, // a pool worker: no banner, no signals
   });
   const port = (server.addr as Deno.NetAddr).port;
   const worker = new InProcessWorker();

@@ -111,21 +111,14 @@ export class ClusterWorker {
 
   /** Joins the pool; `handler` serves each client (cluster.ts's echo). */
   constructor(options: ServerOptions, readonly handler: SocketHandler) {
-    const who = { pid: Deno.pid, worker: this.#role.slot };
-    const { path, host: hostname = "", port = 0 } = this.#role.address;
+    // EchoServer's accept is never called: node:net accepts.
     const listener = {
-      addr: path
-        ? { transport: "unix", path }
-        : { transport: "tcp", hostname, port },
-      accept: () => this.#closed.promise, // we accept with node:net
+      accept: () => this.#closed.promise,
       close: () => this.#closed.reject(new Deno.errors.BadResource()),
     } as unknown as Deno.Listener;
     this.#closed.promise.catch(() => {});
-    this.server = new EchoServer(options, listener, {
-      who,
-      signals: false,
-      announce: false,
-    });
+    const who = { pid: Deno.pid, worker: this.#role.slot };
+    this.server = new EchoServer(options, listener, { who });
     process.on("message", (word: string, socket?: Socket) => {
       const [command, reason = "supervisor"] = String(word).split(" ");
       if (command === "client") return this.serve(socket!);

@@ -366,16 +366,7 @@ export async function supervise<
   await pool.ready;
   reserved.close(); // now only the workers accept
   if (stopping) return await new Promise<never>(() => {}); // exiting
-  log.listening(addr, [options.model, ...plan.banner, `pid ${Deno.pid}`], {
-    model: options.model,
-    maxConns: options.maxConns,
-    ...plan.fields,
-  });
-  if (options.fdCapNote) {
-    log.event("max-conns", options.fdCapNote, {
-      maxConns: options.maxConns,
-    }, true);
-  }
+  log.banner(options, addr, plan.banner, plan.fields);
   pool.accept();
   return pool;
 }

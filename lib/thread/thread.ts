@@ -12,7 +12,7 @@
  */
 import { fail, type ServerOptions } from "../cli.ts";
 import { bindErrorText } from "../listen.ts";
-import { formatAddr, formatMs, type Logger, type Who } from "../log.ts";
+import { formatAddr, formatMs, type Logger, tenths, type Who } from "../log.ts";
 import { CommandedWorker, obey } from "../pool/commands.ts";
 import { PortStream } from "./port_stream.ts";
 import { relay } from "../relay.ts";
@@ -107,7 +107,7 @@ export class Thread extends CommandedWorker {
     const ms = performance.now() - this.started;
     this.ended({
       text: `died after ${formatMs(ms)}${uncaught ? `: ${uncaught}` : ""}`,
-      fields: { error: why, ms: Math.round(ms * 10) / 10 },
+      fields: { error: why, ms: tenths(ms) },
       error,
     });
     this.terminate();
@@ -136,9 +136,7 @@ export class Thread extends CommandedWorker {
         {
           id: session.id,
           ...this.fields,
-          startMs: startMs === undefined
-            ? undefined
-            : Math.round(startMs * 10) / 10,
+          startMs: startMs === undefined ? undefined : tenths(startMs),
         },
       );
     if (started) this.ready.then(line, () => {});
@@ -258,7 +256,7 @@ export function serveInWorker(
       const { listen: options, ids, who } = data as ListenStart;
       const count = new Int32Array(ids);
       const nextId = () => Atomics.add(count, 0, 1) + 1;
-      const start = { who, nextId, signals: false, announce: false };
+      const start = { who, nextId };
       pool({
         options,
         start,
