@@ -272,7 +272,11 @@ async function datagramSocketOrExit(
     );
     hostname = (found.find((each) => each.family === 4) ?? found[0]).address;
   }
-  const socket = listenDatagramOrExit(SCRIPT, bindAddressFor(hostname), 0);
+  const socket = listenDatagramOrExit({
+    script: SCRIPT,
+    host: bindAddressFor(hostname),
+    port: 0,
+  });
   return { socket, to: { transport: "udp", hostname, port: target.port } };
 }
 

@@ -22,6 +22,7 @@ import { parseServerArgs } from "./lib/cli.ts";
 import { listenDatagramOrExit } from "./lib/listen.ts";
 import { formatAddr, Logger } from "./lib/log.ts";
 import { onShutdownSignal } from "./lib/signals.ts";
+import { sleep } from "./lib/time.ts";
 
 /** The small services (RFC 862-865, 867, 868): a datagram "from" them is forged. */
 const SMALL_SERVICES = new Map([
@@ -55,12 +56,7 @@ const options = await parseServerArgs(Deno.args, {
   denoFlags: "-A --unstable-net",
 });
 const log = new Logger(options);
-const socket = listenDatagramOrExit(
-  options.script,
-  options.host,
-  options.port,
-  (at) => Deno.listenDatagram(at),
-);
+const socket = listenDatagramOrExit(options, (at) => Deno.listenDatagram(at));
 const self = socket.addr as Deno.NetAddr;
 
 let stopping = false;
@@ -80,43 +76,27 @@ while (!stopping) {
   } catch (error) {
     if (stopping) break;
     log.error(`receive failed: ${(error as Error).message}`);
-    await new Promise((resolve) => setTimeout(resolve, 10)); // no busy loop
+    await sleep(10); // no busy loop
     continue;
   }
   const source = from as Deno.NetAddr;
-  const why = refusal(source, self);
-  if (why !== null) {
-    if (log.verbose) {
-      const client = formatAddr(source);
-      log.event(
-        "dropped",
-        `dropped ${datagram.length} bytes from ${client}: ${why}`,
-        { client, bytes: datagram.length, reason: why },
-      );
-    }
+  const [client, bytes] = [formatAddr(source), datagram.length];
+  const reason = refusal(source, self);
+  if (reason !== null) {
+    const text = `dropped ${bytes} bytes from ${client}: ${reason}`;
+    log.event("dropped", text, { client, bytes, reason });
     continue;
   }
   try {
     await socket.send(datagram, source); // sendto: the same bytes, back
   } catch (error) {
     if (stopping) break;
-    log.error(
-      `cannot answer ${formatAddr(source)}: ${(error as Error).message}`,
-    );
+    log.error(`cannot answer ${client}: ${(error as Error).message}`);
     continue;
   }
   if (log.verbose) {
-    const client = formatAddr(source);
-    log.event(
-      "datagram",
-      `${client}: ${datagram.length} byte${
-        datagram.length === 1 ? "" : "s"
-      } echoed`,
-      {
-        client,
-        bytes: datagram.length,
-      },
-    );
+    const text = `${client}: ${bytes} byte${bytes === 1 ? "" : "s"} echoed`;
+    log.event("datagram", text, { client, bytes });
   }
 }
 log.event("stopped", "stopped", {}, true);

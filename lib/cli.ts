@@ -1,13 +1,11 @@
 /**
  * The command line of every script (SPEC.md): one parser, one way to read a
- * number, one way to say no. A bad command line is one line on stderr naming
- * what is wrong, the usage, and exit 2; `--help` prints the usage and exits 0.
+ * number, one way to say no: one line naming what is wrong, the usage, exit 2.
  *
  * @module
  */
-// Only a type at load time: node:util itself is imported when a command line
-// is parsed, because loading it costs every child process and Worker ~13 ms
-// of start-up (measured), and those parse no command line.
+// node:util is imported only to parse: loading it costs every child and
+// Worker ~13 ms of start-up (measured), and those parse no command line.
 import type { ParseArgsOptionsConfig } from "node:util";
 import { capToFileLimit, fdsPerClient, poolOverFileLimit } from "./fd_limit.ts";
 
@@ -47,10 +45,7 @@ export interface ServerOptions {
   quiet: boolean;
   /** The model's own options (`--pool`, `--exec`), as declared in its spec. */
   extra: Record<string, string | number | undefined>;
-  /**
-   * Set when `--max-conns` was lowered to what the process's file descriptor
-   * limit can hold: the log line that says so, printed after the banner.
-   */
+  /** The log line saying `--max-conns` was lowered to fit `ulimit -n`. */
   fdCapNote?: string;
 }
 
@@ -71,10 +66,7 @@ export interface ModelSpec {
   fixedMaxConns?: boolean;
   /** Why the model cannot listen on a Unix socket, if it cannot. */
   noUnix?: string;
-  /**
-   * A datagram server (udp_echo.ts): a UDP port, `--host`, `--json` and
-   * `--quiet`; no connection, so none of the client options.
-   */
+  /** A datagram server (udp_echo.ts): PORT, `--host`, `--json`, `--quiet`. */
   datagram?: boolean;
   /** The model's own options; the usage text says `--NAME` + `usage`. */
   options?: Record<string, ModelOption>;
@@ -127,11 +119,11 @@ export function serverUsage(spec: ModelSpec): string {
   const own = Object.entries(spec.options ?? {}).map(([name, option]) =>
     `  --${name} ${option.usage}`
   );
-  const connections = `${
-    spec.noUnix
-      ? ""
-      : "  --unix PATH             listen on a Unix domain socket instead of TCP\n"
-  }  --max-conns N           clients served at once; the rest wait (${maxConns})
+  const unix = spec.noUnix
+    ? ""
+    : "  --unix PATH             listen on a Unix domain socket instead of TCP\n";
+  const connections = spec.datagram ? "" : `${unix}\
+  --max-conns N           clients served at once; the rest wait (${maxConns})
   --idle-timeout SECONDS  close a client when no byte has moved for that long
                           (0 to ${MAX_SECONDS}; default 0, never)
   --cpu-ms N              burn N ms of CPU per chunk received before echoing it
@@ -141,30 +133,21 @@ export function serverUsage(spec: ModelSpec): string {
   --nodelay               set TCP_NODELAY on client sockets
   --keepalive             set SO_KEEPALIVE on client sockets
 `;
-  return `usage: deno run ${
-    spec.denoFlags ?? "-A"
-  } ${spec.script} [PORT] [options]
+  const [flags, port] = [spec.denoFlags ?? "-A", spec.datagram ? "UDP" : "TCP"];
+  return `usage: deno run ${flags} ${spec.script} [PORT] [options]
 
 ${spec.summary}
 
-  PORT                    ${
-    spec.datagram ? "UDP" : "TCP"
-  } port, 0 to 65535; 0 picks a free one (default ${DEFAULT_PORT})
+  PORT                    ${port} port, 0 to 65535; 0 picks a free one (default ${DEFAULT_PORT})
   --host ADDR             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)
-${
-    spec.datagram
-      ? ""
-      : connections
-  }  --json                  log one JSON object per line
+${connections}\
+  --json                  log one JSON object per line
   --quiet                 log only the banner, shutdown and errors
   -h, --help              show this help
 ${own.length ? `\n${own.join("\n")}\n` : ""}`;
 }
 
-/**
- * Prints `script: reason` and the usage on stderr and exits 2: the one way a
- * script rejects its command line.
- */
+/** Prints `script: reason` and the usage on stderr, and exits 2. */
 export function usageError(
   script: string,
   reason: string,
@@ -181,10 +164,7 @@ export function fail(script: string, message: string, code = 1): never {
   Deno.exit(code);
 }
 
-/**
- * Parses `args` with node:util parseArgs, turning its errors into a one-line
- * reason and exit 2. `--help` prints the usage on stdout and exits 0.
- */
+/** Parses `args` strictly, or exits 2; `--help` prints the usage, exit 0. */
 export async function parseCommandLine<T extends ParseArgsOptionsConfig>(
   args: string[],
   options: T,
@@ -223,11 +203,9 @@ const WHOLE_NUMBER = /^[0-9]+$/;
 const DECIMAL = /^[0-9]+(\.[0-9]+)?$/;
 
 /**
- * Reads a number option strictly: `undefined` when absent, otherwise plain
- * decimal digits (`integer`: digits only; else digits with an optional
- * fraction) within `[min, max]`. No sign, blank, exponent, hex or binary:
- * `0x50`, `1e3`, `+81`, ` 80` and `1.0` as a count are refused, through
- * `fault` (exit 2) with a reason naming the option and its range.
+ * Reads a number option: undefined when absent, else plain decimal digits
+ * (with a fraction unless `integer`) within `[min, max]`; `0x50`, `1e3`,
+ * `+81`, ` 80` and, as a count, `1.0` go to `fault` with the range.
  */
 export function numberOption(
   value: string | boolean | undefined,
@@ -254,9 +232,8 @@ export function unbracket(host: string): string {
 }
 
 /**
- * Reads where a server listens from its command line: at most one PORT
- * positional (0 to 65535, default 8080) and `--host` (default 127.0.0.1, IPv6
- * with or without brackets). Bad input goes to `fault` (exit 2).
+ * Where a server listens: at most one PORT (0 to 65535, default 8080) and
+ * `--host` (default 127.0.0.1, IPv6 with or without brackets), else `fault`.
  */
 export function listenAddress(
   positionals: string[],
@@ -277,11 +254,8 @@ export function listenAddress(
 }
 
 /**
- * Exits 2 with the usage when `--max-conns` is less than the `size` workers
- * (`what`: `--pool 4`, `4 workers`), which could not have a client each; or
- * exits 1 naming `ulimit -n` and how many workers it holds, when the file
- * descriptor limit is why: too few left for a client per worker, or for the
- * supervisor's pipes to `size` worker processes.
+ * Exits 1 when `ulimit -n` cannot hold `size` workers (fd_limit.ts), or 2
+ * when `--max-conns` is less than `size` (`what`: `--pool 4`, `4 workers`).
  */
 export function refuseFewerConns(
   spec: ModelSpec,
@@ -296,7 +270,7 @@ export function refuseFewerConns(
   usageError(spec.script, why, serverUsage(spec));
 }
 
-/** Parses a TCP server's command line (SPEC.md) or exits 2 saying why. */
+/** Parses a server's command line (SPEC.md) or exits 2 saying why. */
 export async function parseServerArgs(
   args: string[],
   spec: ModelSpec,
@@ -305,24 +279,17 @@ export async function parseServerArgs(
   const fault = (reason: string): never =>
     usageError(spec.script, reason, usage);
   const own = spec.options ?? {};
-  const common = spec.datagram
-    ? Object.fromEntries(
-      Object.entries(COMMON_OPTIONS).filter(([name]) =>
-        DATAGRAM_OPTIONS.includes(name)
-      ),
-    )
-    : COMMON_OPTIONS;
+  const common = Object.entries(COMMON_OPTIONS)
+    .filter(([name]) => !spec.datagram || DATAGRAM_OPTIONS.includes(name));
+  const ownOptions = Object.keys(own).map((name) => [name, { type: "string" }]);
   const { values, positionals } = await parseCommandLine(
     args,
-    {
-      ...common,
-      ...Object.fromEntries(
-        Object.keys(own).map((name) => [name, { type: "string" }] as const),
-      ),
-    },
+    Object.fromEntries([...common, ...ownOptions]),
     spec.script,
     usage,
   );
+  const number = (name: string, min: number, max: number, integer = false) =>
+    numberOption(values[name], `--${name}`, { min, max, integer }, fault);
   const { port, host } = listenAddress(positionals, values.host, fault);
   if (values.unix !== undefined) {
     if (spec.noUnix) fault(`--unix does not apply: ${spec.noUnix}`);
@@ -335,38 +302,23 @@ export async function parseServerArgs(
   const extra: ServerOptions["extra"] = {};
   for (const [name, option] of Object.entries(own)) {
     extra[name] = option.type === "count"
-      ? numberOption(values[name], `--${name}`, {
-        ...option,
-        integer: true,
-      }, fault)
+      ? number(name, option.min, option.max, true)
       : values[name] as string | undefined;
   }
   const defaultMaxConns = typeof spec.defaultMaxConns === "function"
     ? spec.defaultMaxConns(extra)
     : spec.defaultMaxConns;
-  const asked = numberOption(values["max-conns"], "--max-conns", {
-    min: 1,
-    max: MAX_CONNS,
-    integer: true,
-  }, fault) ?? defaultMaxConns;
+  const asked = number("max-conns", 1, MAX_CONNS, true) ?? defaultMaxConns;
+  const model = spec.script.replace(/\.ts$/, "");
+  if (spec.fixedMaxConns && asked !== defaultMaxConns) {
+    fault(`--max-conns does not apply: ${model} serves one client at a time`);
+  }
   const { maxConns, note } = capToFileLimit(
     asked,
     fdsPerClient(spec, extra),
     spec.fdsFixed?.(extra),
     spec.fdProcesses?.(extra),
   );
-  const model = spec.script.replace(/\.ts$/, "");
-  if (spec.fixedMaxConns && asked !== defaultMaxConns) {
-    fault(`--max-conns does not apply: ${model} serves one client at a time`);
-  }
-  const seconds = (name: string, fallback: number) =>
-    numberOption(
-      values[name],
-      `--${name}`,
-      { min: 0, max: MAX_SECONDS },
-      fault,
-    ) ??
-      fallback;
   return {
     script: spec.script,
     model,
@@ -374,12 +326,9 @@ export async function parseServerArgs(
     host,
     unix: values.unix as string | undefined,
     maxConns,
-    idleTimeout: seconds("idle-timeout", 0),
-    cpuMs: numberOption(values["cpu-ms"], "--cpu-ms", {
-      min: 0,
-      max: MAX_CPU_MS,
-    }, fault) ?? 0,
-    grace: seconds("grace", 5),
+    idleTimeout: number("idle-timeout", 0, MAX_SECONDS) ?? 0,
+    cpuMs: number("cpu-ms", 0, MAX_CPU_MS) ?? 0,
+    grace: number("grace", 0, MAX_SECONDS) ?? 5,
     nodelay: values.nodelay === true,
     keepalive: values.keepalive === true,
     json: values.json === true,

@@ -32,8 +32,7 @@ export function openFileLimit(): number | undefined {
 
 /**
  * Caps `maxConns` to the clients that `ulimit -n` leaves room for, at
- * `perClient` descriptors each: a server out of descriptors fails accepts
- * and spawns, while one under its cap keeps the rest waiting in the backlog.
+ * `perClient` descriptors each, besides `fixed` ones, in each of `processes`.
  */
 export function capToFileLimit(
   maxConns: number,
@@ -77,29 +76,24 @@ export function poolOverFileLimit(
   size: number,
 ): string | undefined {
   const { extra } = options;
-  const processes = spec.fdProcesses?.(extra) ?? 1;
   const limit = openFileLimit();
-  const room = (limit ?? Infinity) - FD_RESERVE;
+  const fit = (each: number) =>
+    Math.max(0, Math.floor(((limit ?? Infinity) - FD_RESERVE) / each));
+  const runtime = `${FD_RESERVE} for the runtime`;
   // The supervising process holds pipes to each worker process: 4 file
-  // descriptors for prefork's (measured), 2 for node:cluster's; 4 for both
-  // errs on the safe side, and every process of the pool computes the same.
-  if (processes > 1 && Math.floor(room / 4) < size) {
-    const fit = Math.max(0, Math.floor(room / 4));
-    return `ulimit -n ${limit} leaves room for ${fit} worker process${
-      fit === 1 ? "" : "es"
-    }, ` +
-      `not ${size} (the supervisor holds 4 file descriptors per worker, ` +
-      `${FD_RESERVE} for the runtime)`;
+  // descriptors for prefork's (measured), 2 for node:cluster's; 4 for both.
+  if ((spec.fdProcesses?.(extra) ?? 1) > 1 && fit(4) < size) {
+    const s = fit(4) === 1 ? "" : "es";
+    return `ulimit -n ${limit} leaves room for ${fit(4)} worker process${s}, ` +
+      `not ${size} (the supervisor holds 4 file descriptors per worker, ${runtime})`;
   }
-  if (options.maxConns >= size) return undefined;
-  if (limit === undefined || options.fdCapNote === undefined) return undefined;
-  // (Not a pool of processes: each has its own limit, checked above.)
-  // Each worker holds its own descriptors plus at least one client's.
+  // Threads: one process; each worker holds its own descriptors and a client's.
+  if (options.maxConns >= size || options.fdCapNote === undefined) return;
   const perWorker = (spec.fdsFixed?.(extra) ?? 0) / size +
     fdsPerClient(spec, extra);
-  const fit = Math.max(0, Math.floor(room / perWorker));
-  return `ulimit -n ${limit} leaves room for ${fit} pool worker${
-    fit === 1 ? "" : "s"
-  }, not ${size} (${perWorker} file descriptors each with a client, ` +
-    `${FD_RESERVE} for the runtime)`;
+  const s = fit(perWorker) === 1 ? "" : "s";
+  return `ulimit -n ${limit} leaves room for ${
+    fit(perWorker)
+  } pool worker${s}, ` +
+    `not ${size} (${perWorker} file descriptors each with a client, ${runtime})`;
 }

@@ -1,7 +1,7 @@
 /**
- * Binding a listener, and saying in one line why it failed: the first thing
- * every server does, and the first thing that goes wrong (port in use, not
- * permitted, no such address). Exits 1, as SPEC.md says.
+ * Binding a listener, or exit 1 with one line saying why not (port in use,
+ * not permitted, no such address): every server's first call, and the first
+ * thing that goes wrong.
  *
  * @module
  */
@@ -9,10 +9,9 @@ import { fail, type ServerOptions } from "./cli.ts";
 import { formatAddr } from "./log.ts";
 
 /**
- * The address of `options` in the form `Deno.listen` takes:
- * `{ hostname, port }`, or `{ transport: "unix", path }` for `--unix` (typed
- * as the TCP form, which is what a model script spreads `reusePort` into;
- * Deno.listen reads `transport` at run time).
+ * The address of `options` as `Deno.listen` takes it: `{ hostname, port }`,
+ * or for `--unix` `{ transport: "unix", path }` (typed as the TCP form, into
+ * which a model spreads `reusePort`).
  */
 export type ListenAt = Deno.TcpListenOptions & { transport?: "tcp" };
 
@@ -25,11 +24,10 @@ export function listenAt(options: ServerOptions): ListenAt {
 }
 
 /**
- * Calls `listen` (the model's `Deno.listen`) on the address of `options`;
- * exits 1 with one line saying why it failed ("cannot listen on
- * 127.0.0.1:8080: address in use"). A Unix socket file left by a server that
- * died is stale when nobody answers on it: it is removed and `listen` tried
- * again, as the classic C servers unlink before bind.
+ * Calls `listen` (the model's `Deno.listen`) on the address of `options`, or
+ * exits 1: "cannot listen on 127.0.0.1:8080: address in use". A Unix socket
+ * left by a dead server (nobody answers on it) is removed first, as the
+ * classic C servers unlink before bind.
  */
 export async function listenOrExit<L extends Deno.Listener>(
   options: ServerOptions,
@@ -37,11 +35,10 @@ export async function listenOrExit<L extends Deno.Listener>(
 ): Promise<L> {
   const at = listenAt(options);
   const { unix } = options;
-  const where = unix !== undefined ? `unix:${unix}` : formatAddr({
-    transport: "tcp",
-    hostname: options.host,
-    port: options.port,
-  });
+  const { host: hostname, port } = options;
+  const where = unix !== undefined
+    ? `unix:${unix}`
+    : formatAddr({ transport: "tcp", hostname, port });
   try {
     try {
       return listen(at);
@@ -64,10 +61,9 @@ export async function listenOrExit<L extends Deno.Listener>(
 }
 
 /**
- * What stands at `path` where a Unix socket was to be bound, in a few words
- * ("is a directory", "is a FIFO", "is a dangling symlink to x"), or
- * `undefined` for a socket file or nothing. bind(2) says EADDRINUSE for any
- * of them, which reads as a running server. It only looks: touches nothing.
+ * What stands at `path` where a Unix socket was to be bound ("is a FIFO", "is
+ * a dangling symlink to x"), or undefined for a socket or nothing: bind(2)
+ * says EADDRINUSE for any of them, which reads as a running server.
  */
 export async function unixPathProblem(
   path: string,
@@ -102,11 +98,7 @@ async function isStaleSocket(path: string): Promise<boolean> {
   }
 }
 
-/**
- * Says in a few words why binding failed ("address in use", "permission
- * denied (ports below 1024 need root)"), for any listener: TCP, UDP, or a
- * Unix socket (`unix`), whose path the caller names.
- */
+/** Why binding failed, in a few words: "address in use", for TCP, UDP or `unix`. */
 export function bindErrorText(error: unknown, unix = false): string {
   if (error instanceof Deno.errors.AddrInUse) return "address in use";
   if (error instanceof Deno.errors.AddrNotAvailable) {
@@ -132,19 +124,18 @@ export function bindErrorText(error: unknown, unix = false): string {
 export type DatagramAt = Deno.UdpListenOptions & { transport: "udp" };
 
 /**
- * Binds a UDP socket on `hostname`:`port` with `listen` (the model's
- * `Deno.listenDatagram`), or exits 1 with one line: the unstable flag that
- * Deno.listenDatagram needs, or why binding failed.
+ * Binds a UDP socket with `listen` (the model's `Deno.listenDatagram`), or
+ * exits 1 with one line: the unstable flag it needs, or why binding failed.
  */
 export function listenDatagramOrExit(
-  script: string,
-  hostname: string,
-  port: number,
+  { script, host: hostname, port }: Pick<
+    ServerOptions,
+    "script" | "host" | "port"
+  >,
   listen: (at: DatagramAt) => Deno.DatagramConn = (at) =>
     Deno.listenDatagram(at),
 ): Deno.DatagramConn {
-  if (typeof Deno.listenDatagram !== "function") {
-    // Run without deno.json and without the shebang's flag.
+  if (typeof Deno.listenDatagram !== "function") { // no --unstable-net
     fail(
       script,
       'Deno.listenDatagram needs --unstable-net (or "unstable": ["net"] in deno.json)',

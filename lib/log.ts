@@ -1,11 +1,10 @@
 /**
- * The log every server writes: one line per event on stdout, for people or,
- * with `--json`, one JSON object per line; errors as one line on stderr. A
- * closed stdout or stderr never takes a server down.
+ * The log every server writes: one line per event on stdout, or one JSON
+ * object per line with `--json`; errors as one line on stderr. A closed
+ * stdout or stderr never takes a server down.
  *
  * @module
  */
-
 import type { ServerOptions } from "./cli.ts";
 
 /** Who serves a client: the process, and the worker or child number if any. */
@@ -34,11 +33,7 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
 }
 
-/**
- * Writes the log lines of one server process (or worker): text for people, or
- * one JSON object per line with `--json`. Lines go to stdout, so a test or a
- * supervising parent can read them; a closed stdout never takes the server down.
- */
+/** The log of one server process, or worker. */
 export class Logger {
   #json: boolean;
   #quiet: boolean;
@@ -61,9 +56,8 @@ export class Logger {
   }
 
   /**
-   * Logs an event. `text` is the line people read; `fields` are what the JSON
-   * line carries besides `event`, the time and who wrote it. `always` lines
-   * (banner, shutdown) are printed even with `--quiet`.
+   * Logs `text`, or with `--json` `fields` besides `event`, who and the time.
+   * `always` lines (banner, shutdown) are printed even with `--quiet`.
    */
   event(
     event: string,

@@ -1,10 +1,9 @@
 /**
- * A byte link between two streams, both ways: what a server that cannot hand
- * a client's socket to whoever serves it (a child process, a Worker) does
- * instead. Each direction reads a chunk, writes all of it, and only then
- * reads again, so a side that stops reading holds the other back through its
- * own flow control (TCP's window, a pipe, credits) instead of growing memory;
- * each direction's end of stream becomes a half-close of the other side.
+ * A byte link between two streams, both ways, for a server that cannot hand
+ * a client's socket to whoever serves it (a child, a Worker). Each direction
+ * writes a chunk before reading the next, so a side that stops reading holds
+ * the other back through its own flow control; an end of stream becomes a
+ * half-close of the other side.
  *
  * @module
  */
@@ -44,10 +43,9 @@ export async function pipe(
 }
 
 /**
- * Relays between `a` and `b` both ways until both directions have ended:
- * `a`'s bytes go to `b` and `b`'s to `a`, each end of stream passed on as a
- * half-close. Counts `a`'s bytes as `bytesIn` and `b`'s as `bytesOut` (a
- * server's view, `a` being the client). Rejects on the first failure.
+ * Relays between `a` (the client) and `b` both ways until both have ended,
+ * counting `a`'s bytes as `bytesIn`, `b`'s as `bytesOut`. Rejects on the
+ * first failure.
  */
 export async function relay(
   a: Duplex,
@@ -60,10 +58,7 @@ export async function relay(
   ]);
 }
 
-/**
- * Half-closes `to`; a peer that has already closed its side (NotConnected)
- * has nothing left to be told.
- */
+/** Half-closes `to`, unless the peer has closed already (NotConnected). */
 export async function closeWriteQuietly(to: Sink): Promise<void> {
   try {
     await to.closeWrite();

@@ -1,14 +1,12 @@
 /**
- * Which copy of a script this is: the one way every script here that runs
- * itself again (a child per client, a pool worker, the watchdog) tells its
- * copies apart. Deno cannot fork(), so the copy is the same file started
- * again, with `--role NAME` first on its command line; a copy in a Web
- * Worker is told by its global scope. Each script asks {@linkcode role} once,
- * right after its imports.
+ * Which copy of a script this is: the one way every script that runs itself
+ * again (a child per client, a pool worker, the watchdog) tells its copies
+ * apart. Deno cannot fork(), so a copy is the same file run with `--role
+ * NAME` first; a copy in a Web Worker is told by its global scope. Each
+ * script asks {@linkcode role} once, right after its imports.
  *
  * @module
  */
-
 /** The flag that names a copy's role: `script.ts --role child ...`. */
 const ROLE_FLAG = "--role";
 
@@ -32,11 +30,9 @@ export function roleArgs(args: string[] = Deno.args): string[] {
 }
 
 /**
- * The `deno` arguments that run `script` again as a copy in `name`'s role,
- * with `args` after `--role NAME`: `run --no-prompt --no-config FLAGS SCRIPT
- * --role NAME ARGS...`. The copy has exactly the permissions in `denoFlags`
- * (none by default), never prompts, and ignores any deno.json where it runs.
- * `script` is the caller's `import.meta.filename ?? import.meta.url`.
+ * The `deno` arguments that run `script` (the caller's `import.meta.filename
+ * ?? import.meta.url`) again in `name`'s role, with `args`. The copy has only
+ * the permissions in `denoFlags`, never prompts, ignores any deno.json.
  */
 export function runAgain(
   script: string,
@@ -44,13 +40,6 @@ export function runAgain(
   args: string[],
   denoFlags: string[] = [],
 ): string[] {
-  return [
-    "run",
-    "--no-prompt",
-    "--no-config",
-    ...denoFlags,
-    script,
-    ...asRole(name),
-    ...args,
-  ];
+  const run = ["run", "--no-prompt", "--no-config"];
+  return [...run, ...denoFlags, script, ...asRole(name), ...args];
 }

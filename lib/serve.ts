@@ -1,10 +1,9 @@
 /**
  * What a server does around the model's own calls, the way csapp.c wraps
- * accept(): the model script binds its listener (listen.ts) and hands it to
- * an {@linkcode EchoServer}, which prints the banner, accepts within
- * `--max-conns` and through every per-connection error, serves each client
- * with its log lines and `--idle-timeout`, and on SIGINT, SIGTERM or SIGHUP
- * stops accepting, drains for `--grace` seconds and exits 0.
+ * accept(): an {@linkcode EchoServer} takes the listener the model bound,
+ * prints the banner, accepts within `--max-conns` and through per-connection
+ * errors, serves each client with its log lines and `--idle-timeout`, and on
+ * SIGINT, SIGTERM or SIGHUP drains for `--grace` seconds and exits 0.
  *
  * @module
  */
@@ -23,9 +22,7 @@ import { sleep, within } from "./time.ts";
 
 /** One connected client, from accept to close. */
 export class Session implements Counters {
-  /** Bytes received from the client. */
   bytesIn = 0;
-  /** Bytes sent back to the client. */
   bytesOut = 0;
   /** When the client was accepted (performance.now()). */
   readonly started: number = performance.now();
@@ -40,9 +37,8 @@ export class Session implements Counters {
   ) {}
 
   /**
-   * Aborted, with the reason as a string, when the server ends this client
-   * from outside (idle timeout, shutdown): handlers that hold more than the
-   * connection (a child process, a worker) release it on this signal.
+   * Aborted, with the reason, when the server ends this client (idle timeout,
+   * shutdown): a handler that holds a child or a worker releases it then.
    */
   get signal(): AbortSignal {
     return this.#ended.signal;
@@ -64,10 +60,7 @@ export class Session implements Counters {
   }
 }
 
-/**
- * How a model serves one client: move its bytes (counting them in the
- * session, which is {@linkcode Counters}), then resolve.
- */
+/** How a model serves one client: move its bytes, counted in the session. */
 export type ClientHandler = (session: Session) => Promise<void>;
 
 /** Names why a client's connection ended, from the error its I/O raised. */
@@ -102,6 +95,8 @@ export interface StartOptions {
 export class EchoServer {
   /** The bound address (the real port when 0 was asked). */
   readonly addr: Deno.Addr;
+  /** The server's log. */
+  readonly log: Logger;
   #active = new Set<Session>();
   #slotWaiters: (() => void)[] = [];
   #drained: (() => void)[] = [];
@@ -110,9 +105,6 @@ export class EchoServer {
   #shutdown?: Promise<void>;
   #nextId = 1;
   #idleMarks = new Map<Session, { moved: number; at: number }>();
-
-  /** The server's log. */
-  readonly log: Logger;
 
   /**
    * Takes over the bound `listener`: registers the stop signals, then prints
@@ -128,16 +120,18 @@ export class EchoServer {
     this.addr = listener.addr;
     // Handlers first: whoever has seen the banner may signal at once.
     if (start.who?.worker === undefined) {
-      onShutdownSignal((signal) => this.#stopAndExit(signal));
+      onShutdownSignal((signal) =>
+        this.shutdown(signal).then(() => Deno.exit(0))
+      );
       this.log.banner(options, this.addr, start.banner ?? []);
     }
     if (options.idleTimeout > 0) this.#watchIdle(options.idleTimeout * 1000);
   }
 
   /**
-   * The next client, accepted: waits for a free `--max-conns` slot first (so
-   * waiting clients stay in the kernel's backlog), survives every
-   * per-connection accept error, and resolves null once the server stops.
+   * The next client: waits for a free `--max-conns` slot first (the others
+   * wait in the kernel's backlog), survives per-connection accept errors, and
+   * resolves null once the server stops.
    */
   async accept(): Promise<Deno.Conn | null> {
     while (!this.#stopping) {
@@ -172,22 +166,23 @@ export class EchoServer {
   }
 
   /**
-   * Serves one client to the end with `handler`, logging its connect and
-   * close, enforcing `--idle-timeout`, tracking it for the drain. Never
-   * rejects: a failing client closes its own connection only.
+   * Serves one client with `handler`: logs its connect and close, enforces
+   * `--idle-timeout`, counts it for the drain. Never rejects.
    */
   async serve(conn: Deno.Conn, handler: ClientHandler): Promise<void> {
     const id = this.start.nextId?.() ?? this.#nextId++;
-    const session = new Session(id, conn, clientName(conn, id));
+    const client = clientName(conn, id);
+    const session = new Session(id, conn, client);
     this.#active.add(session);
     if (this.#stopping) session.end("shutdown");
     const { log, options } = this;
     if (options.nodelay || options.keepalive) setSocketOptions(conn, options);
     if (log.verbose) {
-      log.event("connected", `#${session.id} ${session.client} connected`, {
-        id: session.id,
-        client: session.client,
-        active: this.#active.size,
+      const active = this.#active.size;
+      log.event("connected", `#${id} ${client} connected`, {
+        id,
+        client,
+        active,
       });
     }
     let reason = "eof";
@@ -208,9 +203,8 @@ export class EchoServer {
   }
 
   /**
-   * Stops accepting: closes the listener and resolves once new clients are
-   * refused; connected clients go on. For workers sharing a port, which must
-   * all stop accepting before any of them says "stopping".
+   * Closes the listener; resolves once new clients are refused, while the
+   * connected go on (a pool's workers all stop accepting before "stopping").
    */
   async stopAccepting(): Promise<void> {
     this.#closeListener();
@@ -226,23 +220,18 @@ export class EchoServer {
   }
 
   /**
-   * Stops accepting, lets clients finish for the grace period, ends the rest,
-   * runs `onStop`. A second call ends the remaining clients at once.
+   * Stops accepting, lets clients finish for `--grace`, ends the rest, runs
+   * `onStop`. A second call ends the remaining clients at once.
    */
   shutdown(why: string): Promise<void> {
-    if (this.#shutdown) {
-      this.#endAll("shutdown");
-      return this.#shutdown;
-    }
-    this.#closeListener();
-    this.#shutdown = this.#drain(why);
-    return this.#shutdown;
+    if (this.#shutdown) this.#endAll("shutdown");
+    else this.#closeListener();
+    return this.#shutdown ??= this.#drain(why);
   }
 
   async #drain(why: string): Promise<void> {
     const { log, options } = this;
-    // close() only cancels a pending accept: the socket is released once that
-    // op settles, so "stopping" is announced when new clients really are refused.
+    // close() cancels a pending accept; the socket goes once that settles.
     await this.#accepting?.catch(() => {});
     const waiting = this.#active.size;
     log.event(
@@ -268,25 +257,17 @@ export class EchoServer {
     for (const session of this.#active) session.end(reason);
   }
 
-  async #stopAndExit(signal: string): Promise<void> {
-    await this.shutdown(signal);
-    Deno.exit(0);
-  }
-
   #watchIdle(idleMs: number): void {
-    // One sweep for all clients: the hot path only counts bytes, which it does
-    // anyway, so an unused or idle-free timeout costs nothing per chunk.
+    // One sweep for all clients: the hot path only counts bytes, as it must.
     const tick = Math.min(1000, Math.max(20, idleMs / 10));
     const timer = setInterval(() => {
       const now = performance.now();
       for (const session of this.#active) {
         const moved = session.bytesIn + session.bytesOut;
         const mark = this.#idleMarks.get(session);
+        const at = mark ? now : session.started;
         if (!mark || mark.moved !== moved) {
-          this.#idleMarks.set(session, {
-            moved,
-            at: mark ? now : session.started,
-          });
+          this.#idleMarks.set(session, { moved, at });
         } else if (now - mark.at >= idleMs) {
           session.end("idle timeout");
         }

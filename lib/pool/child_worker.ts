@@ -1,23 +1,23 @@
 /**
  * A pool worker that is a child process, both sides: {@linkcode ChildWorker}
- * is the supervisor's (a `Deno.ChildProcess` the model started, commanded
- * over its stdin, its answers and log lines read from its stdout);
- * {@linkcode obeyParent} is the worker's (commands.ts is the protocol).
+ * is the supervisor's (commands on its stdin; answers and log lines on its
+ * stdout), {@linkcode obeyParent} the worker's.
  *
  * @module
  */
-import { forEachLine, terminateChild } from "../process/children.ts";
-import { describeExit } from "../process/children.ts";
+import {
+  describeExit,
+  forEachLine,
+  terminateChild,
+} from "../process/children.ts";
 import type { EchoServer } from "../serve.ts";
 import { onShutdownSignal } from "../signals.ts";
 import { CommandedWorker, obey } from "./commands.ts";
 
 /**
- * A worker process as its supervisor sees it: a child started with its
- * stdin, stdout and stderr piped, commanded over its stdin. Its stdout
- * carries its answers and its log lines, which are forwarded whole (they
- * never mix with the supervisor's); what it writes on stderr before it
- * listens is kept as the reason it could not start.
+ * A worker process, started with stdin, stdout and stderr piped. Its log
+ * lines are forwarded whole, never mixed with the supervisor's; what it
+ * writes on stderr before it listens is why it could not start.
  */
 export class ChildWorker extends CommandedWorker {
   /** `worker 2 (pid 4242)`. */

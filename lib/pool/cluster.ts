@@ -1,12 +1,10 @@
 /**
- * cluster.ts's plumbing around node:cluster. The primary's side: a
- * {@linkcode ClusterMember} makes a forked `cluster.Worker` a PoolWorker, so
- * supervisor.ts's Pool keeps it (restart with backoff, give-up, banner, the
- * two-phase stop) over node:cluster's IPC channel in commands.ts's words; a
- * {@linkcode Dealer} deals the clients the primary accepts (round-robin). The
- * worker's side: a {@linkcode ClusterWorker} serves its share of clients
- * through serve.ts's EchoServer (node_serve.ts adapts the sockets), keeps the
- * others unread, and obeys the primary.
+ * cluster.ts's plumbing around node:cluster. In the primary, a
+ * {@linkcode ClusterMember} makes a forked worker a supervisor.ts PoolWorker
+ * (commands.ts's words over node:cluster's IPC), and round-robin's
+ * {@linkcode Dealer} deals the clients it accepts. In a worker,
+ * {@linkcode ClusterWorker} serves its share through serve.ts's EchoServer
+ * (node_serve.ts adapts the sockets), keeps the rest unread, and obeys.
  *
  * @module
  */
@@ -40,12 +38,11 @@ interface Role {
 const ROLE = "CLUSTER_POOL_WORKER";
 
 /**
- * The environment for `cluster.fork()` that makes worker `slot` of a pool.
- * Throws (the pool then says "cannot start worker N: why" and exits 1) when
- * the primary lacks the file descriptors a worker costs it: 2 while it runs
- * (IPC channel, pidfd), 1 while its socket is sent, and a margin. Short of
- * them, Deno 2.9.6 throws out of node:cluster's own handler (uncaught, no
- * worker named), or misses a worker's exit (with a margin of 5, once).
+ * The environment for `cluster.fork()` that makes worker `slot`. Throws (the
+ * pool says "cannot start worker N: why", exit 1) when the primary lacks the
+ * descriptors a worker costs it (IPC channel, pidfd, its socket being sent)
+ * and a margin: short of them, Deno 2.9.6 throws out of node:cluster's own
+ * handler (uncaught), or misses a worker's exit (with a margin of 5, once).
  */
 export function workerEnv(
   slot: number,
@@ -66,9 +63,8 @@ export function workerEnv(
 }
 
 /**
- * Finds the pool's address (port 0 becomes a free one) and frees it for the
- * pool to bind; exits 1 with one line if it is taken. With a dealer, the
- * primary listens on it, to accept and deal the clients.
+ * Finds the pool's address (port 0: a free one), or exits 1 with one line,
+ * and frees it for node:cluster to bind; with a dealer, the primary's.
  */
 export async function reserveAddress(
   options: ServerOptions,
@@ -90,14 +86,13 @@ function workerAddress(addr: Deno.Addr): Address {
 }
 
 /**
- * This process as worker of a pool: serves at most its share of clients,
- * accepted on the pool's one socket (`listen`) or handed over by the
- * primary, and keeps the others, unread, until one of its own leaves. Obeys
- * the primary's words (commands.ts): `accept` (the banner is out),
- * `stop-accepting`, `drain REASON`, `end`; and drains when the primary dies.
+ * This process as a worker: serves at most its share of clients, accepted on
+ * the pool's one socket (`listen`) or handed over by the primary, keeping the
+ * rest unread until one of its own leaves. Obeys the primary's words
+ * (commands.ts), and drains when the primary dies.
  */
 export class ClusterWorker {
-  /** The echo server its clients are served by (its log, counts, drain). */
+  /** Serves its clients: log, counts, drain. */
   readonly server: EchoServer;
   #role: Role = JSON.parse(process.env[ROLE]!);
   #waiting: Socket[] = []; // before the banner, or over the share: unread
@@ -150,10 +145,9 @@ export class ClusterWorker {
   }
 
   /**
-   * Serves `socket` (never read), or keeps it unread until the banner is out
-   * or one of this worker's clients leaves. (A full worker cannot stop
-   * accepting: Deno's node:net takes every waiting connection whenever it
-   * can, has no pause, and closing the listener drops what it took.)
+   * Serves `socket`, or keeps it unread until the banner is out or a client
+   * leaves. (A full worker cannot stop accepting: Deno 2.9.6's node:net takes
+   * every waiting connection, has no pause, and a close drops what it took.)
    */
   serve(socket: Socket): void {
     if (this.#refusing) return void socket.destroy();
@@ -171,9 +165,8 @@ export class ClusterWorker {
   }
 
   /**
-   * Listens `listener` on the pool's one socket (in a worker, node:cluster
-   * makes listen() take a copy of the primary's) and tells the primary; or
-   * tells it why not and exits 1. Without a listener, the primary deals.
+   * Listens `listener` on the pool's socket and tells the primary; or tells
+   * it why not and exits 1. Without a listener, the primary deals.
    */
   async listen(listener?: Server): Promise<void> {
     try {
@@ -213,10 +206,8 @@ export class ClusterWorker {
 }
 
 /**
- * A forked `cluster.Worker` as supervisor.ts drives it: the words go over
- * node:cluster's IPC channel, a write that fails because the worker has just
- * exited is dropped (its exit is reported), and its exit is reported with
- * why it could not listen, if it said so.
+ * A forked `cluster.Worker` as supervisor.ts drives it, over node:cluster's
+ * IPC channel; its exit is reported with why it could not listen, if it said.
  */
 export class ClusterMember extends CommandedWorker {
   /** `worker 2 (pid 4242)`. */
@@ -284,10 +275,7 @@ export class ClusterMember extends CommandedWorker {
   }
 }
 
-/**
- * Round-robin's primary (UNP serv05): deals each client it accepts, never
- * read, to the next worker in turn that has room, or keeps it until one has.
- */
+/** Round-robin (UNP serv05): deals each client, unread, to the next with room. */
 export class Dealer {
   #members: ClusterMember[] = [];
   #waiting: Socket[] = []; // accepted, unread: no worker has room yet
@@ -334,10 +322,9 @@ export class Dealer {
   }
 
   /**
-   * Sends `socket` to `member`; false if it could not (the socket stays
-   * here). A send takes a descriptor for a moment (a copy of the socket's),
-   * and a primary that accepted up to its limit would have none: so it keeps
-   * one spare, frees it for each send, and takes it back after.
+   * Sends `socket` to `member`; false if it could not. A send takes a
+   * descriptor for a moment, which a primary that accepted up to its limit
+   * lacks: so it keeps one spare, frees it for each send, takes it back after.
    */
   #handOver(member: ClusterMember, socket: Socket): boolean {
     this.#spare?.close();

@@ -1,10 +1,9 @@
 /**
- * How a supervisor (supervisor.ts) commands the workers of its pool when they
- * are another process or thread: words over a channel. The supervisor sends
- * `accept`, `stop-accepting`, `drain REASON` or `end`; the worker answers
- * `listening`, `not-accepting` and `stopped`. {@linkcode CommandedWorker} is
- * the supervisor's side (child_worker.ts and ../thread/thread.ts extend it for a
- * process and a thread), {@linkcode obey} the worker's.
+ * How a supervisor commands the workers of its pool over a channel (a child's
+ * stdin and stdout, a MessagePort, node:cluster's IPC): it says `accept`,
+ * `stop-accepting`, `drain REASON`, `end`; the worker answers `listening`,
+ * `not-accepting`, `stopped`. {@linkcode CommandedWorker} is the supervisor's
+ * side, {@linkcode obey} the worker's.
  *
  * @module
  */
@@ -18,9 +17,7 @@ const KILL_AFTER_MS = 2_000;
 export type Answer = "listening" | "not-accepting" | "stopped";
 
 /**
- * A pool worker driven by command words over a channel of the subclass's
- * choosing (a child's stdin, a MessagePort): the supervisor's side of
- * {@linkcode obey}. The subclass sends, kills, feeds every answer it
+ * The supervisor's side: a subclass sends, kills, feeds each answer it
  * receives to `answer`, and reports the end with `ended`.
  */
 export abstract class CommandedWorker implements PoolWorker {
@@ -34,7 +31,6 @@ export abstract class CommandedWorker implements PoolWorker {
   #listened = false;
   #killTimer?: ReturnType<typeof setTimeout>;
 
-  /** Not listening yet, not ended. */
   constructor() {
     this.listening = this.#listening.promise;
     this.exited = this.#exited.promise;
@@ -46,10 +42,7 @@ export abstract class CommandedWorker implements PoolWorker {
   /** Ends the worker by force, whatever it is doing. */
   protected abstract kill(): void;
 
-  /**
-   * Takes `line` from the worker: true if it was an answer, false if it is
-   * something else (a log line to forward).
-   */
+  /** Takes `line` from the worker: false if it is no answer (a log line). */
   answer(line: string): boolean {
     const word = line as Answer;
     if (word === "listening") {
@@ -69,18 +62,15 @@ export abstract class CommandedWorker implements PoolWorker {
     this.#exited.resolve(exit);
   }
 
-  /** See {@linkcode PoolWorker.accept}. */
   accept(): void {
     this.send("accept");
   }
 
-  /** See {@linkcode PoolWorker.stopAccepting}. */
   stopAccepting(): Promise<void> {
     this.send("stop-accepting");
     return this.#notAccepting.promise;
   }
 
-  /** See {@linkcode PoolWorker.drain}. */
   drain(reason: string): void {
     this.send(`drain ${reason}`);
   }
@@ -93,26 +83,17 @@ export abstract class CommandedWorker implements PoolWorker {
   }
 }
 
-/** The worker's side of the commands: see {@linkcode obey}. */
-export interface Obeying {
-  /** Takes one command from the supervisor. */
-  command(line: string): void;
-  /** Resolves at `accept`: the banner is out, the worker may accept. */
-  accept: Promise<void>;
-}
-
 /**
- * The worker's side: call once `server` listens, with `answer` sending a word
- * back to the supervisor. It answers `listening` at once; then `accept`
- * resolves {@linkcode Obeying.accept} (the worker runs its accept loop),
- * `stop-accepting` closes the listener (answering `not-accepting`), `drain`
- * lets the clients finish and `end` ends them now (either answering
- * `stopped` once they are gone: the worker may end then).
+ * The worker's side, once `server` listens; `answer` sends a word back. It
+ * answers `listening` at once. `accept` resolves the returned `accept` (the
+ * worker runs its accept loop), `stop-accepting` closes the listener, `drain`
+ * lets the clients finish and `end` ends them now; `stopped` once they are
+ * gone: the worker may end then. Feed each command line to `command`.
  */
 export function obey(
   server: EchoServer,
   answer: (word: Answer) => void,
-): Obeying {
+): { command(line: string): void; accept: Promise<void> } {
   const accept = Promise.withResolvers<void>();
   let stopped: Promise<void> | undefined;
   const stop = (reason: string) => {

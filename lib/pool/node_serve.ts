@@ -1,10 +1,7 @@
 /**
- * serve.ts's EchoServer (log lines, counts, `--idle-timeout`, drain) over
- * node:net sockets. Deno's own sockets cannot leave their process; node:net's
- * can (node:cluster, `send(message, socket)`), so a process that shares a
- * socket or is handed its clients that way serves them through this adapter;
- * and node:net's listen and accept, worded and worked around as listen.ts
- * does for Deno's.
+ * serve.ts's EchoServer over node:net sockets, the only ones Deno can pass
+ * to another process (node:cluster, `send(message, socket)`); and node:net's
+ * listen and accept, worded and worked around as listen.ts does for Deno's.
  *
  * @module
  */
@@ -36,11 +33,9 @@ export function listenOn(server: Server, address: Address): Promise<void> {
 
 /**
  * Makes `listener` accept again. Out of file descriptors, Deno 2.9.6's
- * node:net stops accepting for good, with no error (a lone node:net server
- * under `ulimit -n 64` and 144 clients at once: 40 served, then none). Its
- * libuv port re-arms the accept on a second listen(): the clients waiting in
- * the backlog are then served (144 of 144). So whoever held more clients than
- * fit calls this as each one leaves.
+ * node:net stops accepting for good, silently (`ulimit -n 64`, 144 clients:
+ * 40 served, then none); a second listen() re-arms it (144 of 144). Called
+ * as each client leaves by whoever held more than fit.
  */
 export function rearmAccept(listener: Server | undefined): void {
   const handle = (listener as { _handle?: { listen?(backlog: number): void } })
@@ -51,10 +46,7 @@ export function rearmAccept(listener: Server | undefined): void {
 /** How a model serves one client on its node:net socket (cluster.ts's echo). */
 export type SocketHandler = (socket: Socket) => void;
 
-/**
- * `socket` as the Deno.Conn that EchoServer.serve() names, tunes and closes:
- * its address, `setNoDelay`, `setKeepAlive` and `close` are all it uses.
- */
+/** `socket` as the Deno.Conn that EchoServer.serve() names, tunes, closes. */
 export function connOf(socket: Socket): Deno.Conn {
   const { remoteAddress: hostname, remotePort: port = 0 } = socket;
   const remoteAddr: Deno.Addr = hostname === undefined
@@ -70,10 +62,9 @@ export function connOf(socket: Socket): Deno.Conn {
 }
 
 /**
- * An EchoServer handler that runs `handler` on `socket` (never read before)
- * and settles once the socket closes: rejects, in Deno's error classes, when
- * it closed on an error, so that the log names the reason as elsewhere. The
- * session counts what node:net has read and handed to the kernel.
+ * An EchoServer handler that runs `handler` on `socket` and settles once it
+ * closes; rejects with a Deno error class if on an error, so that the log
+ * names the reason as elsewhere.
  */
 export function socketHandler(
   socket: Socket,
@@ -108,10 +99,9 @@ function denoError(error: NodeJS.ErrnoException): Error {
 }
 
 /**
- * Frees a chunk that was read and has been written. Deno does not count
- * node:net's read buffers towards V8's memory pressure, so they wait for a
- * garbage collection that a small heap rarely has: a 256 MiB echo grew the
- * RSS by 163 MiB; detached once written, by 11 MiB (Deno 2.9.6).
+ * Frees a chunk once written. Deno 2.9.6 does not count node:net's read
+ * buffers as V8 memory pressure, so they wait for a rare GC: a 256 MiB echo
+ * grew the RSS by 163 MiB; detached once written, by 11 MiB.
  */
 export function release(chunk: Uint8Array): void {
   const buffer = chunk.buffer as ArrayBuffer;

@@ -1,18 +1,12 @@
 /**
- * The pool supervisor: what a parent does for N workers that accept on its
- * port, whether they are processes (prefork.ts), threads (threaded.ts --pool)
- * or node:cluster workers. It reserves the port, starts the workers, prints
- * one banner once all of them listen, keeps them at strength with one restart
- * policy, and stops them in two phases on SIGINT, SIGTERM or SIGHUP: every
- * worker stops accepting before "stopping" is logged, then each drains for
- * `--grace` seconds, then every one ends, exit 0. A second signal ends the
- * clients at once.
- *
- * A worker is anything that can say it listens, stop accepting, drain then
- * end, end now, and report how it exited: {@linkcode PoolWorker}
- * (child_worker.ts has one for a child process, ../thread/thread.ts one for
- * a thread, both speaking commands.ts's words; cluster.ts one for a
- * node:cluster worker).
+ * The pool supervisor, one for every pool (prefork.ts, threaded.ts --pool,
+ * cluster.ts): reserves the port, starts N workers, prints one banner once
+ * all listen, restarts each that exits (with backoff; it gives up on a worker
+ * that keeps failing to start), and stops them in two phases on SIGINT,
+ * SIGTERM or SIGHUP: all stop accepting before "stopping" is logged, then
+ * each drains for `--grace` seconds. A second signal ends the clients at once.
+ * A worker is a {@linkcode PoolWorker}: child_worker.ts, ../thread/thread.ts
+ * and cluster.ts make one of a process, a thread, a node:cluster worker.
  *
  * @module
  */
@@ -39,7 +33,7 @@ export interface PoolWorker {
   readonly name: string;
   /** The same as JSON fields: `{ worker: 2, workerPid: 4242 }`. */
   readonly fields: Record<string, unknown>;
-  /** True once it listens (it accepts only after `accept`); false if it ended first. */
+  /** True once it listens (accepting only after `accept`); false if it ended. */
   readonly listening: Promise<boolean>;
   /** How it ended, once it has and everything it wrote is forwarded. */
   readonly exited: Promise<WorkerExit>;
@@ -73,10 +67,8 @@ export const RESTART: RestartPolicy = {
   attempts: 5,
 };
 
-/** How long a worker gets to confirm it stopped accepting before it is ended. */
-const ANSWER_MS = 10_000;
-/** How long a draining worker may overrun the grace period before it is ended. */
-const OVERRUN_MS = 5_000;
+/** How long a worker gets to say it stopped accepting, and to overrun --grace. */
+const ANSWER_MS = 10_000, OVERRUN_MS = 5_000;
 
 /** One slot's restart delays under a {@linkcode RestartPolicy}. */
 export class Backoff {
@@ -89,9 +81,8 @@ export class Backoff {
   }
 
   /**
-   * After a worker's exit (`listened`: whether it listened; `ranMs`: how long
-   * it ran): the delay before starting the next one, or undefined when it
-   * failed to start `attempts` times in a row and the pool should give up.
+   * The delay before the next start after an exit, or undefined when workers
+   * failed to start (`listened` false) `attempts` times in a row: give up.
    */
   next(listened: boolean, ranMs: number): number | undefined {
     if (!listened && ++this.#failedStarts >= this.policy.attempts) {
@@ -169,9 +160,8 @@ export class Pool<W extends PoolWorker> {
 
   /**
    * Starts `size` workers with `start(slot)` (slots 1 to size; a replacement
-   * gets its predecessor's slot; `start` throws if it cannot start one).
-   * `giveUp(reason)` is called once if a slot keeps failing: the pool then
-   * restarts nothing more, and the caller should stop it.
+   * takes its predecessor's). `giveUp(reason)` is called once if a slot keeps
+   * failing: nothing is restarted any more, and the caller should stop.
    */
   constructor(
     size: number,
@@ -201,9 +191,11 @@ export class Pool<W extends PoolWorker> {
   }
 
   #admit(worker: W): void {
-    this.log.event("worker-listening", `${worker.name} listening`, {
-      ...worker.fields,
-    });
+    this.log.event(
+      "worker-listening",
+      `${worker.name} listening`,
+      worker.fields,
+    );
     worker.accept();
   }
 
@@ -259,10 +251,9 @@ export class Pool<W extends PoolWorker> {
   }
 
   /**
-   * The two-phase stop: every worker stops accepting (one that does not say
-   * so within 10 s is ended), then "stopping" is logged, then each drains for
-   * `grace` seconds; one that overruns by 5 s more is ended. Resolves once
-   * every worker has exited. Nothing is restarted any more.
+   * The two-phase stop: all stop accepting (one that does not say so within
+   * 10 s is ended), "stopping" is logged, each drains for `grace` seconds (5 s
+   * more and it is ended). Resolves once all have exited.
    */
   async stop(reason: string, grace: number): Promise<void> {
     this.#stopping = true;
@@ -316,21 +307,16 @@ export interface PoolPlan<
   fields: Record<string, unknown>;
   /**
    * Finds the address and holds it while the workers bind; `close` lets go
-   * once they all listen. Default: the TCP port of `options`, held with
-   * SO_REUSEPORT (Linux only: elsewhere, exit 1 with one line). A pool whose
-   * workers share one socket made by the parent (node:cluster) brings its own.
+   * once they all listen. Default: reserve.ts's SO_REUSEPORT port.
    */
   reserve?: (options: ServerOptions) => Promise<{ addr: A; close(): void }>;
 }
 
 /**
- * Supervises a pool of workers that each accept on the port of `plan.options`
- * with SO_REUSEPORT: registers the stop signals first (so that no signal can
- * kill the parent and leave workers behind), reserves the port, starts the
- * workers, prints the banner (and the `--max-conns` note) once every one
- * listens, then lets them accept. Resolves with the pool then; it runs until
- * a signal stops it (exit 0) or a worker keeps failing to start (one line on
- * stderr, the others stopped, exit 1).
+ * Runs a pool: stop signals first (no signal may kill the parent and leave
+ * workers behind), the address, the workers, the banner once all listen, then
+ * they accept; resolves with the pool. It runs until a signal stops it (exit
+ * 0) or a worker keeps failing to start (one line on stderr, exit 1).
  */
 export async function supervise<
   W extends PoolWorker,
