@@ -26,7 +26,7 @@ import { listenOrExit } from "./lib/listen.ts";
 import { connectBack, LinkedChildren, onlyTo } from "./lib/process/link.ts";
 import { serveInChild } from "./lib/process/serve_in_child.ts";
 import { role, roleArgs, runAgain } from "./lib/role.ts";
-import { EchoServer } from "./lib/serve.ts";
+import { EchoServer, type Session } from "./lib/serve.ts";
 
 if (role() === "child") {
   // The child: one client's echo over the socket made for it, the one path
@@ -46,16 +46,13 @@ const server = new EchoServer(options, listener, {
   banner: [`${what} per client`],
   onStop: () => children.close(), // once every child is reaped
 });
+const inChild = (client: Session) =>
+  serveInChild(client, children, server.log, spawnChild, command?.[0]);
 
 for (;;) {
   const conn = await server.accept(); // null once a stop signal came
   if (!conn) break;
-  // Not awaited: like the parent after fork(), straight back to accept.
-  server.serve(
-    conn,
-    (client) =>
-      serveInChild(client, children, server.log, spawnChild, command?.[0]),
-  );
+  server.serve(conn, inChild); // not awaited: as after fork(), back to accept
 }
 
 /**
@@ -89,9 +86,8 @@ function commandLine({ extra, cpuMs }: cli.ServerOptions) {
   const name = exec === undefined ? "--sh-exec" : "--exec";
   const fault = (why: string): never =>
     cli.usageError("forked.ts", why, cli.serverUsage(spec()));
-  if (exec !== undefined && sh !== undefined) {
-    fault("--exec and --sh-exec exclude each other");
-  }
+  const both = exec !== undefined && sh !== undefined;
+  if (both) fault("--exec and --sh-exec exclude each other");
   if (!(exec ?? sh)!.trim()) fault(`${name} needs a command`);
   const shell = exec?.match(/['"\\|&;<>()$`]/)?.[0];
   if (shell) fault(`--exec runs no shell: for ${shell}, use --sh-exec`);

@@ -1,18 +1,17 @@
 /**
- * Child processes, once started: how a parent reads a child's output, ends
- * and reaps it so that no zombie or orphan is ever left, and says how it
- * exited or why it could not start.
+ * Child processes, once started: reading their output, ending and reaping
+ * them so that no zombie or orphan is left, saying how they exited or why
+ * they could not start.
  *
  * @module
  */
 import { formatMs } from "../log.ts";
 
 /**
- * Calls `onLine` for each line of a child's `stream` (its stdout or stderr)
- * until the stream ends or breaks, then resolves: how a parent forwards or
- * logs what its children write. Lines come without their `\n` or `\r\n`;
- * empty lines are skipped; a line longer than 2,000 characters is cut, so a
- * child that never writes a newline cannot grow the parent's memory.
+ * Calls `onLine` for each line of a child's stdout or stderr until it ends or
+ * breaks. Lines come without `\n` or `\r\n`; empty ones are skipped; a line is
+ * cut at 2,000 characters, so that a child that never writes a newline cannot
+ * grow the parent's memory.
  */
 export async function forEachLine(
   stream: ReadableStream<Uint8Array>,
@@ -38,31 +37,29 @@ export async function forEachLine(
 }
 
 /**
- * Ends `child` and resolves with its status once it is reaped: waits up to
- * `termAfterMs` (default 0: not at all) for it to exit on its own (say, after
- * its stdin was closed), then sends SIGTERM, then SIGKILL if it still runs
- * `killAfterMs` (default 2000) later. With `group`, the signals go to the
- * child's process group, so that whatever it started ends too: only for a
- * child that leads its own group (`detached: true`, as every child here is
- * started). On a child that has exited it only reaps.
+ * Ends `child` and resolves with its status once reaped: waits `termAfterMs`
+ * (default 0) for it to exit on its own (say, its stdin closed), sends
+ * SIGTERM, then SIGKILL 2 s later. With `group`, to its process group, so that
+ * what it started ends too: only for a group leader (`detached: true`). On a
+ * child that has exited it only reaps.
  */
 export async function terminateChild(
   child: Deno.ChildProcess,
-  { termAfterMs = 0, killAfterMs = 2000, group = false } = {},
+  { termAfterMs = 0, group = false } = {},
 ): Promise<Deno.CommandStatus> {
   let exited = false;
   const send = (signal: Deno.Signal) => {
-    if (exited) return;
+    if (exited) return; // its pid, and group, may be another's now
     try {
       if (group) Deno.kill(-child.pid, signal);
       else child.kill(signal);
     } catch { /* exited meanwhile */ }
   };
-  if (termAfterMs <= 0) send("SIGTERM");
-  const timers = [
-    termAfterMs > 0 ? setTimeout(() => send("SIGTERM"), termAfterMs) : 0,
-    setTimeout(() => send("SIGKILL"), Math.max(0, termAfterMs) + killAfterMs),
-  ];
+  const after = (ms: number, signal: Deno.Signal) =>
+    setTimeout(() => send(signal), ms);
+  const timers = [after(Math.max(0, termAfterMs) + 2000, "SIGKILL")];
+  if (termAfterMs > 0) timers.push(after(termAfterMs, "SIGTERM"));
+  else send("SIGTERM");
   try {
     return await child.status;
   } finally {
@@ -92,15 +89,8 @@ export function describeExit(
   text: string;
   fields: { code: number; signal: Deno.Signal | null; ms: number };
 } {
-  const how = status.signal
-    ? `killed by ${status.signal}`
-    : `exited with code ${status.code}`;
-  return {
-    text: `${how} after ${formatMs(ms)}`,
-    fields: {
-      code: status.code,
-      signal: status.signal,
-      ms: Math.round(ms * 10) / 10,
-    },
-  };
+  const { code, signal } = status;
+  const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
+  const fields = { code, signal, ms: Math.round(ms * 10) / 10 };
+  return { text: `${how} after ${formatMs(ms)}`, fields };
 }

@@ -1,60 +1,49 @@
 /**
- * A server's lifeline: nothing it started outlives it, even when it dies by
- * SIGKILL. In C a child asks for that itself, prctl(PR_SET_PDEATHSIG), and
- * Deno has no prctl; so every child the server starts carries a token in its
- * environment (its own children inherit it), and a watchdog process holds a
- * pipe from the server. When the server dies, however it dies, the kernel
- * closes the pipe, and the watchdog removes the server's temp directory and
- * ends every process that still carries the token: SIGTERM, then SIGKILL.
- * When it starts, the watchdog also removes the temp directories of servers
- * that died with their watchdog (both killed at once).
+ * A server's lifeline: nothing it started outlives it, even a SIGKILL. C has
+ * prctl(PR_SET_PDEATHSIG), Deno no prctl; so every child the server starts
+ * carries a token in its environment (its own children inherit it), and a
+ * watchdog process reads a pipe from the server. When the kernel closes that
+ * pipe, however the server died, the watchdog removes the server's temp
+ * directory and ends whatever carries the token: SIGTERM, then SIGKILL. It
+ * also removes, when it starts, the directories of servers that died with
+ * their watchdog (both killed at once).
  *
  * @module
  */
 import { role, roleArgs, runAgain } from "../role.ts";
 import { sleep, within } from "../time.ts";
 
-/** How long the watchdog gives the orphans between SIGTERM and SIGKILL. */
-const KILL_AFTER_MS = 1000;
-
 if (import.meta.main && role() === "watchdog") {
   const [marker, dir] = roleArgs();
   if (dir) await removeDeadServersDirs(dir);
-  await untilStdinCloses(); // the server closed it, or died
+  // EOF or an error: the server closed the pipe, or died.
+  await Deno.stdin.readable.pipeTo(new WritableStream()).catch(() => {});
   if (dir) await Deno.remove(dir, { recursive: true }).catch(() => {});
   await endCarriers(marker);
 }
 
 /** A running watchdog, and the environment that marks the server's children. */
 export class Lifeline {
-  /** Use {@linkcode Lifeline.start}. */
   private constructor(
-    /** Environment for every child: `LIFELINE_<token>=<server pid>`. */
+    /** For every child: `LIFELINE_<token>=<server pid>`. */
     readonly env: Record<string, string>,
-    readonly watchdog: Deno.ChildProcess,
+    private readonly watchdog: Deno.ChildProcess,
   ) {}
 
   /**
-   * Starts the watchdog. `dir`, the server's temp directory if it has one,
-   * is removed when the server dies; it must be named `MODEL-PID-*` (PID the
-   * server's), so that a later watchdog can tell whether its server lives.
-   * Throws like `Deno.Command.spawn` when the watchdog cannot be started.
+   * Starts the watchdog; throws as `Deno.Command.spawn` does. `dir`, the
+   * server's temp directory if any, goes when the server dies; it must be
+   * named `MODEL-PID-*`, so that a later watchdog can tell if its server runs.
    */
   static start(dir?: string): Lifeline {
-    const token = Array.from(
-      crypto.getRandomValues(new Uint8Array(8)),
-      (byte) => byte.toString(16).padStart(2, "0"),
-    ).join("");
-    const name = `LIFELINE_${token}`;
+    const name = `LIFELINE_${crypto.randomUUID().replaceAll("-", "")}`;
     const script = import.meta.filename ?? import.meta.url;
     // Deno reads /proc only with --allow-all; --allow-run, which killing
     // needs, grants as much anyway (a subprocess is not sandboxed).
     const args = [`${name}=`, dir ?? ""];
     const watchdog = new Deno.Command(Deno.execPath(), {
       args: runAgain(script, "watchdog", args, ["--allow-all"]),
-      // The kernel closes this pipe when the server dies, SIGKILL included
-      // (what prctl(PR_SET_PDEATHSIG) does in C, which Deno lacks).
-      stdin: "piped",
+      stdin: "piped", // the kernel closes it when the server dies, SIGKILL too
       stdout: "null",
       stderr: "inherit",
       detached: true, // a Ctrl-C at the terminal reaches the server only
@@ -63,9 +52,9 @@ export class Lifeline {
   }
 
   /**
-   * For a server that stops: ends the watchdog, which ends whatever carries
-   * the token still (a grandchild that left its process group) and removes
-   * the directory, and waits for it (at most 5 s).
+   * For a server that stops: ends the watchdog, which ends what still carries
+   * the token (a grandchild that left its group) and removes the directory,
+   * and waits for it (at most 5 s).
    */
   async close(): Promise<void> {
     await this.watchdog.stdin.close().catch(() => {});
@@ -73,7 +62,7 @@ export class Lifeline {
   }
 }
 
-/** Signals every process that carries `marker`, until none is left. */
+/** Signals what carries `marker` until none is left, SIGKILL a second on. */
 async function endCarriers(marker: string): Promise<void> {
   for (const signal of ["SIGTERM", "SIGKILL"] as const) {
     let pids = await carriers(marker);
@@ -82,7 +71,7 @@ async function endCarriers(marker: string): Promise<void> {
         Deno.kill(pid, signal);
       } catch { /* gone meanwhile */ }
     }
-    for (let waited = 0; pids.length && waited < KILL_AFTER_MS; waited += 50) {
+    for (let waited = 0; pids.length && waited < 1000; waited += 50) {
       await sleep(50);
       pids = await carriers(marker);
     }
@@ -92,14 +81,11 @@ async function endCarriers(marker: string): Promise<void> {
 /** The processes whose environment holds `marker` (`NAME=`); not zombies. */
 async function carriers(marker: string): Promise<number[]> {
   const pids: number[] = [];
-  const decoder = new TextDecoder();
-  for await (const entry of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
+  for await (const { name } of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
     try {
-      const environ = await Deno.readFile(`/proc/${entry.name}/environ`);
-      if (`\0${decoder.decode(environ)}`.includes(`\0${marker}`)) {
-        pids.push(Number(entry.name));
-      }
+      const environ = await Deno.readTextFile(`/proc/${name}/environ`);
+      if (`\0${environ}`.includes(`\0${marker}`)) pids.push(Number(name));
     } catch { /* gone, or another user's */ }
   }
   return pids;
@@ -107,8 +93,8 @@ async function carriers(marker: string): Promise<number[]> {
 
 /**
  * Removes the directories next to `ours` named as it is (`MODEL-PID-*`),
- * owned by the same user, whose PID no longer runs. A PID reused since by
- * another process keeps its directory until that process ends.
+ * owned by its user, whose PID no longer runs (a PID reused since keeps its
+ * directory until that process ends).
  */
 async function removeDeadServersDirs(ours: string): Promise<void> {
   const parent = ours.slice(0, ours.lastIndexOf("/"));
@@ -116,35 +102,16 @@ async function removeDeadServersDirs(ours: string): Promise<void> {
   if (!model) return;
   const { uid } = await Deno.lstat(ours);
   const named = new RegExp(`^${RegExp.escape(model)}-(\\d+)-`);
+  const running = (pid: string) =>
+    Deno.stat(`/proc/${pid}`)
+      .then(() => true, (error) => !(error instanceof Deno.errors.NotFound));
   for await (const entry of Deno.readDir(parent)) {
     const pid = entry.name.match(named)?.[1];
-    if (!pid || !entry.isDirectory || (await exists(`/proc/${pid}`))) continue;
+    if (!pid || !entry.isDirectory || (await running(pid))) continue;
     const path = `${parent}/${entry.name}`;
     try {
       if ((await Deno.lstat(path)).uid !== uid) continue;
       await Deno.remove(path, { recursive: true });
     } catch { /* gone meanwhile, or not ours to remove */ }
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (error) {
-    return !(error instanceof Deno.errors.NotFound);
-  }
-}
-
-/**
- * In the watchdog: resolves when stdin reaches EOF or fails, that is when
- * the server has closed it or has died.
- */
-async function untilStdinCloses(): Promise<void> {
-  const buffer = new Uint8Array(256);
-  try {
-    while ((await Deno.stdin.read(buffer)) !== null) {
-      // not data: the pipe only tells that the parent is alive
-    }
-  } catch { /* a broken pipe is a closed one */ }
 }

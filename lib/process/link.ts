@@ -1,13 +1,11 @@
 /**
- * Child processes linked to the server that starts them: what a Deno server
- * does where a C server calls fork() and the child inherits the client's
- * socket. Deno can do neither, so each child gets a link, the byte stream
- * that its client is relayed through: a Unix socket the child connects back
- * to, made for it alone in the server's private directory (the one path the
- * child's sandbox may open); or, for a command, its stdin and stdout. Every
- * child is tied to the server's {@linkcode Lifeline}, and out of file
- * descriptors, starting a child waits and tries again, as the accept loop
- * does, instead of failing its client.
+ * The link from a server to each child it starts, where a C server forks and
+ * the child inherits the client's socket (Deno can do neither): a Unix socket
+ * the child connects back to, made for it alone in the server's private
+ * directory (the one path its sandbox may open); or, for a command, its stdin
+ * and stdout. Every child is tied to the server's {@linkcode Lifeline}; out of
+ * file descriptors, starting one waits and tries again instead of failing its
+ * client.
  *
  * @module
  */
@@ -18,28 +16,25 @@ import type { Duplex } from "../relay.ts";
 import { sleep } from "../time.ts";
 
 /**
- * A child's end of the relay: bytes both ways, and a close of both ways.
- * Once the child has stopped reading (it exited), writes succeed and drop
- * the bytes, so that a client that is still sending gets all of the child's
- * output and a clean end, not a reset.
+ * A child's end of the relay. Once the child stopped reading (it exited),
+ * writes drop the bytes, so that a client still sending gets all of the
+ * child's output and a clean end, not a reset.
  */
 export interface ChildLink extends Duplex {
-  /** Releases the link (the child's next read or write fails). */
   close(): void;
 }
 
-/** A child just started, and its link once it can be talked to. */
+/** A child just started, and its link (rejects if it ends before it connects). */
 export interface LinkedChild {
-  /** The process. It leads its own process group; reap it (terminateChild). */
+  /** Leads its own process group; reap it with terminateChild. */
   process: Deno.ChildProcess;
-  /** The link; rejects when the child ends before it connects back. */
   link: Promise<ChildLink>;
 }
 
 /**
- * Starts one child (the model's `new Deno.Command(...).spawn()`): with the
- * path of the socket it must connect back to, or with none when its stdin
- * and stdout are the link (a command). `env` marks it for the lifeline.
+ * Starts one child (the model's `new Deno.Command(...).spawn()`), given the
+ * socket it must connect back to, or none when its stdin and stdout are the
+ * link; `env` marks it for the lifeline.
  */
 export type SpawnChild = (
   socket: string | undefined,
@@ -48,19 +43,15 @@ export type SpawnChild = (
 
 /** The children of one server: linked, and ended if it dies. */
 export class LinkedChildren {
-  /** Use {@linkcode LinkedChildren.open}. */
   private constructor(
-    /** The private socket directory, for children that connect back. */
-    readonly dir: string | undefined,
-    /** Ends the children if the server dies. */
-    readonly lifeline: Lifeline,
+    private readonly dir: string | undefined,
+    private readonly lifeline: Lifeline,
   ) {}
 
   /**
-   * Starts the lifeline, and with `connectBack` makes the socket directory;
-   * exits 1 with one line saying why when it cannot, before the server
-   * prints its banner. The directory is `$TMPDIR/MODEL-PID-XXXXXX`, mode
-   * 0700: only this user can enter it.
+   * Starts the lifeline and, with `connectBack`, makes the socket directory,
+   * `$TMPDIR/MODEL-PID-XXXXXX` (mode 0700: this user's only); exits 1 with one
+   * line when it cannot, before the server prints its banner.
    */
   static async open(
     script: string,
@@ -69,15 +60,8 @@ export class LinkedChildren {
     let dir: string | undefined;
     if (connectBack) {
       const prefix = `${script.replace(/\.ts$/, "")}-${Deno.pid}-`;
-      try {
-        dir = await Deno.makeTempDir({ prefix });
-      } catch (error) {
-        const why = `${tempDir()}: ${errorText(error)}`;
-        fail(
-          script,
-          `cannot make a directory for the children's sockets in ${why}`,
-        );
-      }
+      dir = await Deno.makeTempDir({ prefix })
+        .catch((error) => fail(script, noTempDir(error)));
     }
     try {
       return new LinkedChildren(dir, Lifeline.start(dir));
@@ -88,65 +72,50 @@ export class LinkedChildren {
   }
 
   /**
-   * Starts a child with `spawn`; `name` names its socket. While out of file
-   * descriptors it waits and tries again, and resolves undefined if `signal`
-   * aborts meanwhile. Throws when the child cannot be started.
+   * Starts a child with `spawn`, `name` naming its socket. Out of file
+   * descriptors, it waits and tries again, and resolves undefined once
+   * `signal` aborts. Throws when the child cannot be started.
    */
   start(
     name: string,
     signal: AbortSignal,
     spawn: SpawnChild,
   ): Promise<LinkedChild | undefined> {
-    const env = this.lifeline.env;
+    const socket = this.dir && `${this.dir}/${name}.sock`;
     return whileOutOfFds(() => {
-      if (!this.dir) {
-        const process = spawn(undefined, env);
-        return {
-          process,
-          link: Promise.resolve(dropOnceGone(pipesOf(process))),
-        };
-      }
-      return this.#connectingBack(`${this.dir}/${name}.sock`, spawn);
-    }, signal);
+      if (signal.aborted) return undefined;
+      if (socket) return this.#connectingBack(socket, spawn);
+      const process = spawn(undefined, this.lifeline.env);
+      return { process, link: Promise.resolve(dropOnceGone(pipesOf(process))) };
+    }, (ms) => sleep(ms, signal));
   }
 
-  // The socket takes one connection and is gone (its file too), so nobody
-  // else can reach the child through it. A spare descriptor is held from
-  // the start for the child's connection (see acceptOne): a child never
-  // waits for a descriptor that another starting child holds.
+  // The socket takes one connection and is gone (its file too): nobody else
+  // can reach the child through it. A spare descriptor is held from the start
+  // for the child's connection (see acceptOne), so that no child waits for a
+  // descriptor that another starting child holds.
   #connectingBack(socket: string, spawn: SpawnChild): LinkedChild {
     const spare = Deno.openSync(this.dir!);
-    let listener: Deno.Listener;
+    let listener: Deno.Listener | undefined;
+    const release = () => [spare, listener].forEach(closeQuietly);
     let process: Deno.ChildProcess;
     try {
       listener = Deno.listen({ transport: "unix", path: socket });
-    } catch (error) {
-      spare.close();
-      throw error;
-    }
-    try {
       process = spawn(socket, this.lifeline.env);
     } catch (error) {
-      listener.close();
-      spare.close();
+      release();
       throw error;
     }
-    const exited = process.status.then(() => null);
-    const link = Promise.race([acceptOne(listener, spare, exited), exited]);
-    link.finally(() => [listener, spare].forEach(closeQuietly)).catch(() => {});
-    return {
-      process,
-      link: link.then((conn) => {
-        if (conn) return dropOnceGone(conn);
-        throw new Error("the child ended before it connected");
-      }),
-    };
+    const exited = process.status.then(() => undefined);
+    const conn = Promise.race([acceptOne(listener, spare), exited]);
+    const link = conn.finally(release).then((accepted) => {
+      if (accepted) return dropOnceGone(accepted);
+      throw new Error("the child ended before it connected");
+    });
+    return { process, link };
   }
 
-  /**
-   * Once every child is reaped: ends the lifeline and removes the socket
-   * directory.
-   */
+  /** Once every child is reaped: ends the lifeline, removes the directory. */
   async close(): Promise<void> {
     await this.lifeline.close();
     if (this.dir) {
@@ -155,10 +124,7 @@ export class LinkedChildren {
   }
 }
 
-/**
- * The `deno run` flags of a child sandboxed to `socket`: it may open that
- * one path, and nothing else.
- */
+/** The `deno run` flags of a child that may open `socket` and nothing else. */
 export function onlyTo(socket: string): string[] {
   return [
     `--allow-net=unix:${socket}`,
@@ -168,10 +134,9 @@ export function onlyTo(socket: string): string[] {
 }
 
 /**
- * In a child role started by {@linkcode LinkedChildren}: connects to
- * `socket`, runs `serve` on the connection and exits 0; exits 1 when the
- * link fails, quietly when the parent closed it or died (the client is
- * gone), with one line on stderr otherwise.
+ * In a child started by {@linkcode LinkedChildren}: connects to `socket`,
+ * runs `serve` on the connection and exits 0; exits 1 when the link fails,
+ * quietly when the parent closed it or died (the client is gone).
  */
 export async function connectBack(
   socket: string,
@@ -193,99 +158,75 @@ export async function connectBack(
   Deno.exit(0);
 }
 
-/** `link` with writes that drop the bytes once the child stopped reading. */
-function dropOnceGone<T extends Duplex & { close(): void }>(
-  link: T,
-): ChildLink {
+/** `link`, with writes that drop the bytes once the child stopped reading. */
+function dropOnceGone(link: Duplex & { close(): void }): ChildLink {
   let gone = false;
+  const unlessGone = async <T>(io: () => Promise<T>, otherwise: T) => {
+    try {
+      if (!gone) return await io();
+    } catch {
+      gone = true;
+    }
+    return otherwise;
+  };
   return {
     read: (buffer) => link.read(buffer),
-    async write(bytes) {
-      if (!gone) {
-        try {
-          return await link.write(bytes);
-        } catch {
-          gone = true;
-        }
-      }
-      return bytes.length;
-    },
-    async closeWrite() {
-      if (!gone) {
-        try {
-          await link.closeWrite();
-        } catch {
-          gone = true;
-        }
-      }
-    },
+    write: (bytes) => unlessGone(() => link.write(bytes), bytes.length),
+    closeWrite: () => unlessGone(() => link.closeWrite(), undefined),
     close: () => closeQuietly(link),
   };
 }
 
 /**
- * Calls `start` until it does not fail for want of a file descriptor
- * (EMFILE, ENFILE), waiting 10 ms, doubling to 1 s, between tries; resolves
- * undefined if `signal` aborts first, and rethrows any other failure.
+ * Calls `attempt` until it does not fail for want of a file descriptor
+ * (EMFILE, ENFILE), rethrowing any other failure. Between tries it awaits
+ * `pause(ms)`, ms 10 doubling to 1000; a pause that returns no promise
+ * retries in the same turn of the event loop.
  */
 async function whileOutOfFds<T>(
-  start: () => T,
-  signal: AbortSignal,
-): Promise<T | undefined> {
-  for (let wait = 10; !signal.aborted; wait = Math.min(2 * wait, 1000)) {
+  attempt: () => T | Promise<T>,
+  pause: (ms: number) => Promise<void> | void,
+): Promise<T> {
+  for (let ms = 10;; ms = Math.min(2 * ms, 1000)) {
     try {
-      return start();
+      return await attempt();
     } catch (error) {
-      if (!outOfFds(error)) throw error;
+      const code = (error as { code?: unknown } | null)?.code;
+      if (code !== "EMFILE" && code !== "ENFILE") throw error;
     }
-    await sleep(wait, signal);
+    const paused = pause(ms);
+    if (paused) await paused;
   }
-}
-
-function outOfFds(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === "EMFILE" || code === "ENFILE";
 }
 
 /**
  * Accepts the child's one connection. An accept that fails for want of a
- * descriptor has found the connection waiting: closing `spare` and
- * accepting again, in the same turn of the event loop, gives it the spare's
- * descriptor. Failing that, it waits and tries again (the child waits in
- * the socket's backlog), until the child has exited.
+ * descriptor has found the connection waiting: closing `spare` and accepting
+ * again, in the same turn of the event loop, gives it the spare's descriptor.
+ * Failing that, it waits and tries again (the child waits in the backlog)
+ * until the listener is closed.
  */
-async function acceptOne(
+function acceptOne(
   listener: Deno.Listener,
   spare: Deno.FsFile,
-  exited: Promise<null>,
-): Promise<Deno.Conn | null> {
+): Promise<Deno.Conn> {
   let spared = false;
-  for (let wait = 10;; wait = Math.min(2 * wait, 1000)) {
-    try {
-      return await listener.accept();
-    } catch (error) {
-      if (!outOfFds(error)) throw error;
-    }
-    if (!spared) {
-      spared = true;
-      spare.close();
-      continue;
-    }
-    const gone = await Promise.race([sleep(wait).then(() => false), exited]);
-    if (gone === null) return null;
-  }
+  return whileOutOfFds(() => listener.accept(), (ms) => {
+    if (spared) return sleep(ms);
+    spared = true;
+    spare.close();
+  });
 }
 
-function closeQuietly(resource: { close(): void }): void {
+function closeQuietly(resource: { close(): void } | undefined): void {
   try {
-    resource.close();
+    resource?.close();
   } catch { /* closed already */ }
 }
 
 /**
- * The link over a command's stdin and stdout pipes (web streams). Its output
- * is read into a buffer of our own and copied into the caller's, because a
- * BYOB read takes the buffer it is given away.
+ * The link over a command's stdin and stdout. Output is read into a buffer of
+ * our own and copied, because a BYOB read takes its buffer away.
  */
 function pipesOf(process: Deno.ChildProcess): Duplex & { close(): void } {
   const writer = process.stdin.getWriter();
@@ -300,8 +241,8 @@ function pipesOf(process: Deno.ChildProcess): Duplex & { close(): void } {
       buffer.set(value);
       return value.length;
     },
-    // Resolves once the pipe took the bytes: a child that does not read
-    // holds the client back.
+    // Resolves once the pipe took the bytes: a child that does not read holds
+    // the client back.
     async write(bytes) {
       await writer.write(bytes);
       return bytes.length;
@@ -314,19 +255,17 @@ function pipesOf(process: Deno.ChildProcess): Duplex & { close(): void } {
   };
 }
 
-/** Where makeTempDir makes directories, for the error line. */
-function tempDir(): string {
-  const readable = Deno.permissions.querySync({
-    name: "env",
-    variable: "TMPDIR",
-  }).state === "granted";
-  return readable ? Deno.env.get("TMPDIR") ?? "/tmp" : "$TMPDIR";
-}
-
-function errorText(error: unknown): string {
-  if (error instanceof Deno.errors.NotFound) return "no such directory";
-  if (error instanceof Deno.errors.NotADirectory) return "not a directory";
-  if (error instanceof Deno.errors.PermissionDenied) return "permission denied";
-  const message = error instanceof Error ? error.message : String(error);
-  return message.replace(/ \(os error \d+\).*$/, "").toLowerCase();
+/** The line that says where makeTempDir failed, and why in a few words. */
+function noTempDir(error: unknown): string {
+  const env = { name: "env", variable: "TMPDIR" } as const;
+  const dir = Deno.permissions.querySync(env).state === "granted"
+    ? Deno.env.get("TMPDIR") ?? "/tmp"
+    : "$TMPDIR";
+  // Deno's message is strerror's, then " (os error N): tmpdir".
+  const why = error instanceof Deno.errors.NotFound
+    ? "no such directory"
+    : error instanceof Deno.errors.PermissionDenied // EPERM too
+    ? "permission denied"
+    : (error as Error).message.replace(/ \(os error .*/, "").toLowerCase();
+  return `cannot make a directory for the children's sockets in ${dir}: ${why}`;
 }

@@ -1,8 +1,8 @@
 /**
  * What forked.ts's parent does for each client once it has a child for it,
- * the way a C parent's SIGCHLD handler reaps: relay the client's bytes to
- * the child and back, log the child's stderr, end it when the client is
- * ended from outside (idle timeout, shutdown), and reap it.
+ * as a C parent's SIGCHLD handler reaps: relay the client's bytes to the child
+ * and back, log the child's stderr, end it when the client is ended from
+ * outside (idle timeout, shutdown), and reap it.
  *
  * @module
  */
@@ -19,10 +19,9 @@ import {
 import type { ChildLink, LinkedChildren, SpawnChild } from "./link.ts";
 
 /**
- * Serves `session` through a child that `spawn` starts: relays both ways
- * until the child's output ends or either side fails, ends the child and
- * reaps it, logging "spawned", its stderr and "reaped". `what` names the
- * child in the line that says it could not start.
+ * Serves `session` through a child that `spawn` starts, until the child's
+ * output ends or either side fails; then ends and reaps the child. Logs
+ * "spawned", its stderr and "reaped"; `what` names it if it cannot start.
  */
 export async function serveInChild(
   session: Session,
@@ -32,13 +31,11 @@ export async function serveInChild(
   what = "child",
 ): Promise<void> {
   const { id, signal } = session;
-  const child = await children.start(String(id), signal, spawn)
-    .catch((error) => {
-      log.error(`#${id} cannot start ${what}: ${spawnErrorText(error)}`, {
-        id,
-      });
-      session.end("cannot start child");
-    });
+  const started = children.start(String(id), signal, spawn);
+  const child = await started.catch((error) => {
+    log.error(`#${id} cannot start ${what}: ${spawnErrorText(error)}`, { id });
+    session.end("cannot start child");
+  });
   if (!child) return; // a shutdown came first, or it could not start
   const { process, link } = child;
   const [pid, startedAt] = [process.pid, performance.now()];
@@ -47,11 +44,10 @@ export async function serveInChild(
   const stderrLogged = forEachLine(process.stderr, (line) => {
     log.event("stderr", `#${id} child ${pid}: ${line}`, { ...who, line }, true);
   });
-  // A shutdown or idle timeout ends the child at once; a child whose client
-  // is gone gets a second to exit. Then SIGTERM, then SIGKILL, to its
-  // process group, so that no grandchild is left.
+  // A shutdown or idle timeout ends the child at once; one whose client is
+  // gone gets a second to exit. Signals go to its group: no grandchild stays.
   const end = (termAfterMs: number) =>
-    terminateChild(process, { termAfterMs, killAfterMs: 2000, group: true });
+    terminateChild(process, { termAfterMs, group: true });
   let ended: Promise<Deno.CommandStatus> | undefined;
   signal.addEventListener("abort", () => ended = end(0), { once: true });
 
@@ -66,10 +62,9 @@ export async function serveInChild(
 }
 
 /**
- * Relays between the client and its child until the child's output ended
- * and was all sent; a client still sending gets a second to see that end
- * (a clean close, not a reset). Rejects on either side's first failure,
- * and if the child ends before it connects.
+ * Relays until the child's output ended and was all sent; a client still
+ * sending gets a second to see that end (a clean close, not a reset).
+ * Rejects on either side's first failure, or if the child never connects.
  */
 async function relayWith(
   session: Session,
