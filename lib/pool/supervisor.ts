@@ -47,25 +47,16 @@ export interface PoolWorker {
   end(): void;
 }
 
-/** When and how often a pool restarts a worker that exits. */
-export interface RestartPolicy {
-  /** The delay before the first restart; it doubles while the worker fails. */
-  firstMs: number;
-  /** The longest delay. */
-  maxMs: number;
-  /** A worker that ran this long was healthy: the delay starts over. */
-  healthyMs: number;
-  /** Exits before listening, in a row, after which the pool gives up. */
-  attempts: number;
-}
-
 /** The one restart policy: 0.1 s doubling to 5 s; give up after 5 failed starts. */
-export const RESTART: RestartPolicy = {
-  firstMs: 100,
+export const RESTART = {
+  firstMs: 100, // the first delay; it doubles while the worker fails
   maxMs: 5_000,
-  healthyMs: 10_000,
-  attempts: 5,
+  healthyMs: 10_000, // a worker that ran this long was healthy: start over
+  attempts: 5, // exits before listening, in a row, before the pool gives up
 };
+
+/** When and how often a pool restarts a worker that exits. */
+export type RestartPolicy = typeof RESTART;
 
 /** How long a worker gets to say it stopped accepting, and to overrun --grace. */
 const ANSWER_MS = 10_000, OVERRUN_MS = 5_000;
@@ -191,11 +182,8 @@ export class Pool<W extends PoolWorker> {
   }
 
   #admit(worker: W): void {
-    this.log.event(
-      "worker-listening",
-      `${worker.name} listening`,
-      worker.fields,
-    );
+    const { name, fields } = worker;
+    this.log.event("worker-listening", `${name} listening`, fields);
     worker.accept();
   }
 
@@ -244,10 +232,15 @@ export class Pool<W extends PoolWorker> {
   }
 
   #giveUp(reason: string): void {
-    if (this.#stopping) return;
+    if (this.#halt()) this.giveUp(reason);
+  }
+
+  /** Restarts nothing more; false if it had stopped already. */
+  #halt(): boolean {
+    const running = !this.#stopping;
     this.#stopping = true;
     this.#wake.abort();
-    this.giveUp(reason);
+    return running;
   }
 
   /**
@@ -256,8 +249,7 @@ export class Pool<W extends PoolWorker> {
    * more and it is ended). Resolves once all have exited.
    */
   async stop(reason: string, grace: number): Promise<void> {
-    this.#stopping = true;
-    this.#wake.abort();
+    this.#halt();
     const workers = this.workers;
     await Promise.all(workers.map(async (worker) => {
       // One still starting has no client and was never told to accept.
@@ -284,8 +276,7 @@ export class Pool<W extends PoolWorker> {
 
   /** Ends every worker now (a second signal); nothing is restarted any more. */
   end(): void {
-    this.#stopping = true;
-    this.#wake.abort();
+    this.#halt();
     for (const worker of this.#live.values()) worker.end();
   }
 }
