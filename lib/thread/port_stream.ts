@@ -109,8 +109,9 @@ export class PortStream implements Duplex {
   }
 
   /** Half-closes: the other side reads end of stream; reading goes on. */
-  async closeWrite(): Promise<void> {
+  closeWrite(): Promise<void> {
     this.#port.postMessage(EOF);
+    return Promise.resolve();
   }
 
   /**
