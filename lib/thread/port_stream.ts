@@ -1,47 +1,38 @@
 /**
- * A byte stream over a MessagePort, with backpressure: how two threads move a
- * client's bytes when the socket cannot move (no Deno API hands a socket to a
- * Worker). Each side has at most 8 buffers of 64 KiB in flight towards the
- * other: a buffer is transferred (moved, not copied) with the bytes, and the
- * reader sends it back once it has used them; that return is the credit to
- * send more. So a client that writes GiBs without reading is held back by
- * TCP, not buffered between the threads. End of stream and closing are
- * messages too, so a {@linkcode PortStream} is a {@linkcode Duplex} that
- * relay.ts can pipe, half-close included.
+ * A byte stream over a MessagePort, as a {@linkcode Duplex} relay.ts can pipe
+ * (half-close included): how a client's bytes reach a Worker, as no Deno API
+ * moves a socket to one. Backpressure: at most 8 buffers of 64 KiB in flight
+ * each way, each transferred with its bytes and sent back once read, the
+ * credit to send more; so a client that writes without reading is held back
+ * by TCP, not buffered between the threads.
  *
- * Closing is a handshake: each side posts "close" once, and lets its port go
- * only when the other side's "close" has come, so that every message either
- * side sent has been taken off the port by then. A Worker must not be
- * terminated while messages that move buffers are still queued to it: Deno
- * (2.9.6) never frees those buffers (docs/models/threaded.md, "Memory").
+ * Closing is a handshake: each side posts "close" once and lets its port go
+ * only once the other's has come, every message taken off the port by then.
+ * Deno 2.9.6 never frees buffers still queued to a terminated Worker
+ * (docs/models/threaded.md, "Memory").
  *
  * @module
  */
 import type { Duplex } from "../relay.ts";
 
-/** Bytes per buffer. */
 const CHUNK_SIZE = 64 * 1024;
-/** Buffers in flight each way, at most. */
-const CHUNKS = 8;
-/** This side will write no more: the other side's read returns null. */
+const CHUNKS = 8; // in flight each way, at most
+/** This side writes no more: the other side's read returns null. */
 const EOF = "eof";
-/**
- * This side is done with the stream and will post nothing more: the other
- * side's reads and writes fail, and its own "close" answers this one.
- */
+/** This side is done: the other's I/O fails, and its own close answers. */
 const CLOSE = "close";
 
 /** One end of a two-way byte stream between two threads. */
 export class PortStream implements Duplex {
+  #closed = Promise.withResolvers<void>();
   /** Resolves when the other side has closed the stream. */
-  readonly closed: Promise<void>;
+  readonly closed = this.#closed.promise;
   #port: MessagePort;
   #inbox = new Queue<Uint8Array<ArrayBuffer> | typeof EOF>();
   #credits = new Queue<ArrayBuffer>();
   #unmade = CHUNKS; // buffers not made yet: a line at a time needs only one
   #chunk: Uint8Array<ArrayBuffer> | null = null;
   #offset = 0;
-  #closed = Promise.withResolvers<void>();
   #peerClosed = false;
   #closing = false;
   #released = false;
@@ -49,13 +40,12 @@ export class PortStream implements Duplex {
   #signals: AbortSignal[];
 
   /**
-   * Takes over `port` (the other end is a PortStream in the other thread).
-   * When one of `signals` aborts, pending and later reads and writes fail with
-   * its reason: a client ended from outside, a worker that died.
+   * Takes over `port`, whose other end is a PortStream too. When one of
+   * `signals` aborts (a client ended from outside, a worker that died),
+   * pending and later reads and writes fail with its reason.
    */
   constructor(port: MessagePort, signals: AbortSignal[] = []) {
     this.#port = port;
-    this.closed = this.#closed.promise;
     this.#signals = signals;
     port.onmessage = ({ data }) => {
       if (data instanceof ArrayBuffer) this.#credits.put(data);
@@ -125,11 +115,8 @@ export class PortStream implements Duplex {
   }
 
   /**
-   * Done with the stream: tells the other side (or answers its close), and
-   * resolves once the other side has closed too, every message it was sent
-   * taken; then the port is let go. A caller that cannot wait for that (the
-   * other thread is dead, or busy for too long) calls
-   * {@linkcode PortStream.release}.
+   * Tells the other side (or answers its close); resolves, and lets the port
+   * go, once it has closed too. Who cannot wait calls {@linkcode release}.
    */
   close(): Promise<void> {
     if (this.#released) return Promise.resolve();
@@ -155,10 +142,7 @@ export class PortStream implements Duplex {
   }
 }
 
-/**
- * A queue whose `take` waits for the next item: a port's messages, in order.
- * Once failed, `take` rejects when nothing is left.
- */
+/** A port's messages, in order; once failed, `take` rejects when empty. */
 class Queue<T> {
   #items: T[] = [];
   #taker?: PromiseWithResolvers<T>;
@@ -169,10 +153,9 @@ class Queue<T> {
   }
 
   put(item: T): void {
-    const taker = this.#taker;
-    this.#taker = undefined;
-    if (taker) taker.resolve(item);
+    if (this.#taker) this.#taker.resolve(item);
     else this.#items.push(item);
+    this.#taker = undefined;
   }
 
   take(): Promise<T> {
@@ -182,7 +165,6 @@ class Queue<T> {
     return this.#taker.promise;
   }
 
-  /** The pending and every later `take` on an empty queue reject. */
   fail(error: Error): void {
     this.#error ??= error;
     this.#taker?.reject(this.#error);

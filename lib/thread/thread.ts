@@ -1,12 +1,10 @@
 /**
- * Web Workers as threads, both sides. In the thread that started it, a
- * {@linkcode Thread} wraps the model's `new Worker(...)`: numbered the way
- * Deno names its OS thread (`worker-3` in `top -H` is `worker 3` in the log),
- * with its OS thread id, its start time and its death; {@linkcode
- * relayToThread} serves a client on one over a MessagePort. In the worker,
- * {@linkcode serveInWorker} runs what it is asked: the thread routine on a
- * client's port, or, in a pool, the model's own accept loop, obeying the
- * supervisor.
+ * Web Workers as threads, both sides. In the creating thread, a
+ * {@linkcode Thread} wraps a `new Worker(...)`, numbered as Deno names its OS
+ * thread (`worker-3` in `top -H` is `worker 3` in the log), and
+ * {@linkcode relayToThread} serves a client on it over a MessagePort. In the
+ * worker, {@linkcode serveInWorker} runs the thread routine on a client's port,
+ * or, in a pool, the model's own accept loop, obeying the supervisor.
  *
  * @module
  */
@@ -22,14 +20,10 @@ import { sleep, within } from "../time.ts";
 /** What the main thread posts to make a worker throw, as a bug would. */
 const FAULT = "fault";
 
-/** Workers this thread created so far: Deno names the k-th one's thread `worker-k`. */
+/** Workers made so far: Deno names the k-th one's thread `worker-k`. */
 let created = 0;
 
-/**
- * A Worker thread running `module`, as the thread that created it sees it.
- * It is a pool worker too: the words it posts ("listening", ...) are
- * answers to the pool's commands.
- */
+/** A Worker thread, as its creator sees it; a pool worker too (commands.ts). */
 export class Thread extends CommandedWorker {
   /**
    * File descriptors a Worker holds while it runs (measured on Deno 2.9.6:
@@ -37,144 +31,108 @@ export class Thread extends CommandedWorker {
    */
   static readonly FDS = 6;
 
-  /**
-   * SIGUSR2 makes the worker `pick` returns throw an uncaught error, as a
-   * bug would: for watching what a dying worker takes with it (its clients)
-   * and what it does not (the server, the other workers).
-   */
+  /** SIGUSR2: the worker `pick` returns throws, to watch what dies with it. */
   static onFaultSignal(pick: () => Thread | undefined): void {
     try {
       Deno.addSignalListener("SIGUSR2", () => pick()?.post(FAULT));
     } catch { /* no SIGUSR2 on this platform */ }
   }
 
-  /** N of Deno's thread name `worker-N`: unique in the process. */
+  /** N of Deno's thread name `worker-N`. */
   readonly number: number = ++created;
-  /** The OS thread id, when /proc/self tells (Deno opens it only with -A). */
-  readonly thread?: number;
-  /** `worker 3 (thread 5150)`, or `worker 3` without -A. */
-  readonly name: string;
-  /** `{ worker: 3, thread: 5150 }`, for JSON log lines. */
-  readonly fields: Record<string, unknown>;
-  /** When it was created (performance.now()). */
-  readonly started: number = performance.now();
-  /** Resolves with the ms it took from `new Worker` to running the module. */
-  readonly ready: Promise<number>;
+  /** The OS thread id, when /proc/self tells (only with -A). */
+  readonly thread?: number = threadId(this.number);
+  readonly name: string = this.thread === undefined
+    ? `worker ${this.number}`
+    : `worker ${this.number} (thread ${this.thread})`;
+  readonly fields = { worker: this.number, thread: this.thread };
+  #started = performance.now();
+  #ready = Promise.withResolvers<number>();
+  #died = new AbortController();
+  /** Resolves with the ms from `new Worker` to running the module. */
+  readonly ready = this.#ready.promise;
   /** Aborted, with an Error saying why, when the worker throws. */
-  readonly dead: AbortSignal;
+  readonly dead = this.#died.signal;
   /** Clients relayed to it right now. */
   clients = 0;
   #worker: Worker;
-  #died = new AbortController();
   #gone?: Promise<void>;
 
-  /**
-   * Takes over `worker`, just created on a module that calls
-   * {@linkcode serveInWorker}.
-   */
+  /** Takes over `worker`, just made on a module that calls serveInWorker. */
   constructor(worker: Worker) {
     super();
-    this.dead = this.#died.signal;
-    const ready = Promise.withResolvers<number>();
-    this.ready = ready.promise;
     this.ready.catch(() => {}); // a death is reported through `dead`
     this.#worker = worker;
-    this.thread = threadId(this.number);
-    this.name = this.thread === undefined
-      ? `worker ${this.number}`
-      : `worker ${this.number} (thread ${this.thread})`;
-    this.fields = { worker: this.number, thread: this.thread };
-    this.#worker.onmessage = ({ data }) => {
-      if (data === "ready") ready.resolve(performance.now() - this.started);
+    worker.onmessage = ({ data }) => {
+      if (data === "ready") this.#ready.resolve(this.#age());
       else if (typeof data === "string") this.answer(data);
       else if (data?.failed) this.#die(data.failed, data.uncaught); // no stack
     };
-    this.#worker.onerror = (event) => {
+    worker.onerror = (event) => {
       event.preventDefault(); // the process lives on: only this worker died
       const error = event.message.replace(/^Uncaught (\(in promise\) )?/, "");
       this.#die(error.replace(/^Error: /, ""), event.message);
-      ready.reject(this.dead.reason);
+      this.#ready.reject(this.dead.reason);
     };
   }
 
-  /**
-   * The worker failed: `error` says why (for a give-up line), and `uncaught`
-   * is the uncaught error's message, if that is how it died.
-   */
+  /** `error` says why (for a give-up line); `uncaught`, if it threw. */
   #die(error: string, uncaught?: string): void {
     const why = uncaught ?? error;
     this.#died.abort(new Error(`worker ${this.number} died: ${why}`));
-    const ms = performance.now() - this.started;
-    this.ended({
-      text: `died after ${formatMs(ms)}${uncaught ? `: ${uncaught}` : ""}`,
-      fields: { error: why, ms: tenths(ms) },
-      error,
-    });
+    const ms = this.#age();
+    const text = `died after ${formatMs(ms)}${uncaught ? `: ${uncaught}` : ""}`;
+    this.ended({ text, fields: { error: why, ms: tenths(ms) }, error });
     this.terminate();
   }
 
-  /**
-   * Makes this worker a pool worker that listens on `options`' address
-   * itself (SO_REUSEPORT), its clients numbered from the shared count `ids`.
-   */
+  /** Makes it a pool worker on `options`' port; `ids` counts the `#id`s. */
   listen(options: ServerOptions, ids: SharedArrayBuffer): void {
     const who = { pid: Deno.pid, worker: this.number, thread: this.thread };
     this.post({ listen: options, ids, who } satisfies ListenStart);
   }
 
-  /**
-   * Logs that it serves `session`; with `started`, once it runs, saying how
-   * long it took to start (a worker that dies first logs nothing).
-   */
+  /** Logs that it serves `session`; with `started`, once it runs (if ever). */
   logServing(log: Logger, session: Session, started = false): void {
-    const line = (startMs?: number) =>
-      log.event(
-        "worker",
-        `#${session.id} on ${this}${
-          startMs === undefined ? "" : `, started in ${startMs.toFixed(1)} ms`
-        }`,
-        {
-          id: session.id,
-          ...this.fields,
-          startMs: startMs === undefined ? undefined : tenths(startMs),
-        },
-      );
+    const line = (ms?: number) => {
+      const took = ms === undefined ? "" : `, started in ${ms.toFixed(1)} ms`;
+      const startMs = ms === undefined ? undefined : tenths(ms);
+      const fields = { id: session.id, ...this.fields, startMs };
+      log.event("worker", `#${session.id} on ${this.name}${took}`, fields);
+    };
     if (started) this.ready.then(line, () => {});
     else line();
   }
 
-  /** Posts `message` to the worker, moving what `transfer` lists. */
   post(message: unknown, transfer: Transferable[] = []): void {
     this.#worker.postMessage(message, transfer);
   }
 
-  /** Sends a pool command. */
   protected send(command: string): void {
     this.post(command);
   }
 
-  /** Ends the worker now. */
   protected kill(): void {
     this.terminate();
   }
 
   /**
-   * Ends the worker's thread at once, whatever it is doing; resolves once
-   * the OS thread is gone, and with it the worker's file descriptors (a
-   * Worker started while they are still held could find none left, and Deno
-   * panics then).
+   * Ends the thread now; resolves once the OS thread, and so its fds, are
+   * gone (Deno panics when a new Worker finds no fd left).
    */
   terminate(): Promise<void> {
     if (this.#gone) return this.#gone;
     this.#worker.terminate();
-    const ms = performance.now() - this.started;
-    this.ended({ text: `ended after ${formatMs(ms)}` });
+    this.ended({ text: `ended after ${formatMs(this.#age())}` });
     return this.#gone = this.#untilGone();
   }
 
+  #age(): number {
+    return performance.now() - this.#started;
+  }
+
   async #untilGone(): Promise<void> {
-    if (this.thread === undefined) return;
-    for (let waited = 0; waited < 1000; waited++) {
+    for (let waited = 0; this.thread !== undefined && waited < 1000; waited++) {
       try {
         Deno.statSync(`/proc/self/task/${this.thread}`);
       } catch {
@@ -183,17 +141,11 @@ export class Thread extends CommandedWorker {
       await sleep(1);
     }
   }
-
-  /** `worker 3 (thread 5150)`, or `worker 3` without -A. */
-  override toString(): string {
-    return this.name;
-  }
 }
 
 /**
- * Waits for `thread` to run, then ends it: a server that starts a worker per
- * client tries one before its banner, and exits 1 with one line (`script:
- * why`) if it cannot run, rather than fail each client later.
+ * Waits for `thread` to run, then ends it: a server with a worker per client
+ * tries one before its banner, and exits 1 if it cannot run (`script: why`).
  */
 export async function tryOut(thread: Thread, script: string): Promise<void> {
   await thread.ready.catch((error) => fail(script, error.message));
@@ -221,89 +173,71 @@ interface ListenStart {
 
 /** What a pool worker's accept loop gets from {@linkcode serveInWorker}. */
 export interface PoolStart {
-  /** The server's command line, with this worker's share of --max-conns. */
+  /** The command line, with this worker's share of --max-conns. */
   options: ServerOptions;
-  /** For the worker's EchoServer: who it is, how it numbers clients. */
   start: StartOptions;
-  /** Call once the worker listens: resolves when it may accept. */
+  /** Call once listening: resolves when it may accept. */
   obey(server: EchoServer): Promise<void>;
 }
 
-/** What a worker sees of its global scope. */
 interface WorkerScope {
   onmessage: ((event: MessageEvent) => void) | null;
   postMessage(message: unknown): void;
   close(): void;
 }
 
+type Routine = (stream: PortStream, cpuMs: number) => Promise<void>;
+
 /**
- * In a worker started as a {@linkcode Thread}: serves what the main thread
- * asks. A client's port (from {@linkcode relayToThread}) goes to `routine`,
- * the thread routine; {@linkcode Thread.listen} makes it a pool worker that
- * runs `pool`, its own listener and accept loop, obeying the main thread. A
- * `pool` that cannot listen says why in one line, for the supervisor.
+ * In a worker started as a {@linkcode Thread}: runs `routine` on each client
+ * port it is sent, or, once told to {@linkcode Thread.listen}, `pool` (its own
+ * listener and accept loop); a `pool` that cannot listen says why in one line.
  */
 export function serveInWorker(
-  routine: (stream: PortStream, cpuMs: number) => Promise<void>,
+  routine: Routine,
   pool: (start: PoolStart) => Promise<void>,
 ): void {
   const scope = globalThis as unknown as WorkerScope;
   let obeying = (_command: string) => {};
+  const obeyMain = (server: EchoServer) => {
+    const supervisor = obey(server, (word) => scope.postMessage(word));
+    obeying = supervisor.command;
+    return supervisor.accept;
+  };
   scope.onmessage = ({ data }) => {
     if (data === FAULT) throw new Error("fault injected by SIGUSR2");
     if (data.client) runRoutine(routine, data.client, data.cpuMs);
-    else if (data.listen) {
+    else if (!data.listen) obeying(data);
+    else {
       const { listen: options, ids, who } = data as ListenStart;
       const count = new Int32Array(ids);
-      const nextId = () => Atomics.add(count, 0, 1) + 1;
-      const start = { who, nextId };
-      pool({
-        options,
-        start,
-        obey(server) {
-          const supervisor = obey(server, (word) => scope.postMessage(word));
-          obeying = supervisor.command;
-          return supervisor.accept;
-        },
-      }).catch((error) => {
-        // Not Deno.exit, as listenOrExit would: in a worker it ends the
-        // worker without a word to the main thread.
+      const start = { who, nextId: () => Atomics.add(count, 0, 1) + 1 };
+      pool({ options, start, obey: obeyMain }).catch((error) => {
+        // Not Deno.exit, as listenOrExit would: it ends a worker silently.
         const { host: hostname, port } = options;
         const where = formatAddr({ transport: "tcp", hostname, port });
         const why = bindErrorText(error);
         scope.postMessage({ failed: `cannot listen on ${where}: ${why}` });
       });
-    } else obeying(data);
+    }
   };
-  // A bug's uncaught error ends the thread with one log line in the main
-  // thread: Deno 2.9.6 prints a worker's uncaught error with its stack on
-  // stderr even when the main thread handles it, unless the worker does.
-  const die = (event: Event, error: unknown) => {
+  // Deno 2.9.6 prints a worker's uncaught error with its stack on stderr,
+  // even when the main thread handles it, unless the worker does: a bug ends
+  // the thread with one log line in the main thread instead.
+  const die = (event: Event, thrown: unknown) => {
     event.preventDefault();
-    const message = error instanceof Error ? error.message : String(error);
-    const uncaught = `Uncaught ${
-      error instanceof Error ? error.name : "Error"
-    }: ${message}`;
-    scope.postMessage({ failed: message, uncaught });
+    const error = thrown instanceof Error ? thrown : new Error(String(thrown));
+    const uncaught = `Uncaught ${error.name}: ${error.message}`;
+    scope.postMessage({ failed: error.message, uncaught });
     scope.close();
   };
-  globalThis.addEventListener("error", (event) => die(event, event.error));
-  globalThis.addEventListener(
-    "unhandledrejection",
-    (event) => die(event, event.reason),
-  );
+  globalThis.addEventListener("error", (e) => die(e, e.error));
+  globalThis.addEventListener("unhandledrejection", (e) => die(e, e.reason));
   scope.postMessage("ready");
 }
 
-/**
- * Runs the thread routine on a client's `port`: its end of stream is passed
- * on, and the port kept until the main thread is done with the client.
- */
-async function runRoutine(
-  routine: (stream: PortStream, cpuMs: number) => Promise<void>,
-  port: MessagePort,
-  cpuMs: number,
-): Promise<void> {
+/** The routine on a client's port, kept until the main thread is done too. */
+async function runRoutine(routine: Routine, port: MessagePort, cpuMs: number) {
   const stream = new PortStream(port);
   try {
     await routine(stream, cpuMs);
@@ -313,20 +247,17 @@ async function runRoutine(
   stream.close();
 }
 
-/**
- * How long a stream's close waits for the worker to close its end: longer
- * than an idle worker takes (well under a millisecond), short enough not to
- * hold up a shutdown behind a worker that burns `--cpu-ms`.
- */
+// A worker's close takes well under 1 ms when idle; one burning --cpu-ms
+// must not hold up a shutdown for longer.
 const CLOSE_WAIT_MS = 1000;
 
 /**
- * Serves `session` on `thread`: hands the worker one end of a new
- * MessageChannel (as `{ client: port, cpuMs }`) and relays between the
- * connection and the other end until both directions have ended, the client
- * is ended from outside (idle timeout, shutdown), or the worker dies. Resolves
- * once the worker has closed its end too (see {@linkcode closeStream}), so a
- * worker per client can be terminated right after.
+ * Serves `session` on `thread`: relays between the connection and a new
+ * MessageChannel whose other end the worker gets (`{ client, cpuMs }`), until
+ * both directions end, the client is ended from outside or the worker dies.
+ * Resolves once the worker has closed its end too (or died, or CLOSE_WAIT_MS
+ * passed): Deno 2.9.6 leaks the buffers still queued to a terminated Worker (a
+ * credit returned as the client ends: 20-90 KiB per client).
  */
 export async function relayToThread(
   session: Session,
@@ -341,27 +272,11 @@ export async function relayToThread(
     await relay(session.conn, stream, session);
   } finally {
     thread.clients--;
-    await closeStream(stream, thread.dead);
+    const died = Promise.withResolvers<unknown>();
+    if (thread.dead.aborted) died.resolve(null);
+    thread.dead.addEventListener("abort", died.resolve);
+    await within(Promise.race([stream.close(), died.promise]), CLOSE_WAIT_MS);
+    thread.dead.removeEventListener("abort", died.resolve);
+    stream.release(); // a pool worker lives on: it lets the client's port go
   }
-}
-
-/**
- * Closes `stream` and waits until its other end, in a worker, has closed too,
- * unless the worker is dead (`dead`) or does not answer within
- * CLOSE_WAIT_MS. Terminating a Worker while buffers posted to it are still
- * queued on its port leaks them in Deno 2.9.6 (a credit returned as the
- * client ends: 20-90 KiB per client); once the worker has answered the close,
- * nothing is queued to it any more.
- */
-export async function closeStream(
-  stream: PortStream,
-  dead: AbortSignal,
-): Promise<void> {
-  const died = Promise.withResolvers<void>();
-  const onDead = () => died.resolve();
-  if (dead.aborted) onDead();
-  else dead.addEventListener("abort", onDead, { once: true });
-  await within(Promise.race([stream.close(), died.promise]), CLOSE_WAIT_MS);
-  dead.removeEventListener("abort", onDead); // a pool worker lives on
-  stream.release(); // a pool worker goes on: it lets this client's port go
 }
