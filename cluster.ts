@@ -109,7 +109,7 @@ function spec(): cli.ModelSpec {
     summary:
       "Clustered echo server: N worker processes accept on one shared socket.",
     defaultMaxConns: 10_000,
-    fdProcesses: pool.workersOf,
+    fds: (extra) => ({ processes: pool.workersOf(extra) }),
     options: {
       workers: pool.WORKERS_OPTION,
       schedule: {

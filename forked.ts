@@ -102,8 +102,9 @@ function spec(): cli.ModelSpec {
     defaultMaxConns: 64,
     // Measured: the client's socket, its child's stderr, pidfd, and socket
     // with its listener and a spare while it connects back; or its pipes.
-    fdsPerClient: (extra) =>
-      (extra.exec ?? extra["sh-exec"]) === undefined ? 6 : 5,
+    fds: (extra) => ({
+      perClient: (extra.exec ?? extra["sh-exec"]) === undefined ? 6 : 5,
+    }),
     options: {
       exec: {
         type: "string",

@@ -91,7 +91,7 @@ function spec(): cli.ModelSpec {
     summary:
       "Pre-forked echo server: a supervisor and N worker processes sharing the port.",
     defaultMaxConns: 10_000,
-    fdProcesses: pool.workersOf,
+    fds: (extra) => ({ processes: pool.workersOf(extra) }),
     noUnix:
       "workers share a TCP port with SO_REUSEPORT, which Unix sockets lack",
     denoFlags: "-A --unstable-net",

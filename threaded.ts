@@ -151,15 +151,15 @@ async function main(): Promise<void> {
 }
 
 function spec(): cli.ModelSpec {
+  const each = threads.Thread.FDS + 1; // a Worker's own, and a client's socket
   return {
     script: "threaded.ts",
     summary: "Threaded echo server: a Web Worker per client, " +
       "or a pool of N workers that each accept (--pool N).",
     // A worker per client is ~10 MiB: 64 are 0.7 GiB. A pool's: a few KiB.
     defaultMaxConns: (extra) => extra.pool === undefined ? 64 : 10_000,
-    fdsPerClient: (extra) =>
-      extra.pool === undefined ? threads.Thread.FDS + 1 : 1,
-    fdsFixed: (extra) => Number(extra.pool ?? 0) * (threads.Thread.FDS + 1),
+    fds: ({ pool }) =>
+      pool ? { fixed: Number(pool) * each } : { perClient: each },
     options: {
       pool: {
         type: "count",

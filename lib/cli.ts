@@ -7,7 +7,7 @@
 // node:util is imported only to parse: loading it costs every child and
 // Worker ~13 ms of start-up (measured), and those parse no command line.
 import type { ParseArgsOptionsConfig } from "node:util";
-import { capToFileLimit, fdsPerClient, poolOverFileLimit } from "./fd_limit.ts";
+import { capToFileLimit, type FdCost, poolOverFileLimit } from "./fd_limit.ts";
 
 /** The echo service's customary unprivileged port (port 7 needs root). */
 export const DEFAULT_PORT = 8080;
@@ -72,21 +72,8 @@ export interface ModelSpec {
   options?: Record<string, ModelOption>;
   /** The deno flags a run without deno.json needs, for the usage line. */
   denoFlags?: string;
-  /**
-   * File descriptors one served client costs this process (measured; default
-   * 1, the socket): `--max-conns` is capped to what `ulimit -n` can hold.
-   */
-  fdsPerClient?: number | ((extra: ServerOptions["extra"]) => number);
-  /**
-   * File descriptors the model holds whatever its clients (default 0): a
-   * pool's Worker threads. They come off what `ulimit -n` leaves for clients.
-   */
-  fdsFixed?: (extra: ServerOptions["extra"]) => number;
-  /**
-   * Processes the clients are spread over, each with its own `ulimit -n`
-   * (default 1): a pre-forked pool's workers.
-   */
-  fdProcesses?: (extra: ServerOptions["extra"]) => number;
+  /** The file descriptors it costs, to fit `--max-conns` to `ulimit -n`. */
+  fds?: (extra: ServerOptions["extra"]) => FdCost;
 }
 
 const COMMON_OPTIONS = {
@@ -263,7 +250,8 @@ export function refuseFewerConns(
   what: string,
   size: number,
 ): void {
-  const tooMany = poolOverFileLimit(spec, options, size);
+  const cost = spec.fds?.(options.extra) ?? {};
+  const tooMany = poolOverFileLimit(cost, options, size);
   if (tooMany) fail(spec.script, tooMany);
   if (options.maxConns >= size) return;
   const why = `--max-conns ${options.maxConns} is less than ${what}`;
@@ -313,12 +301,7 @@ export async function parseServerArgs(
   if (spec.fixedMaxConns && asked !== defaultMaxConns) {
     fault(`--max-conns does not apply: ${model} serves one client at a time`);
   }
-  const { maxConns, note } = capToFileLimit(
-    asked,
-    fdsPerClient(spec, extra),
-    spec.fdsFixed?.(extra),
-    spec.fdProcesses?.(extra),
-  );
+  const { maxConns, note } = capToFileLimit(asked, spec.fds?.(extra) ?? {});
   return {
     script: spec.script,
     model,

@@ -7,7 +7,17 @@
  *
  * @module
  */
-import type { ModelSpec, ServerOptions } from "./cli.ts";
+import type { ServerOptions } from "./cli.ts";
+
+/** What a model's clients cost in file descriptors (measured). */
+export interface FdCost {
+  /** Per served client (default 1, its socket). */
+  perClient?: number;
+  /** Held whatever the clients (default 0): a pool's Worker threads. */
+  fixed?: number;
+  /** Processes the clients are spread over, each with its own limit (default 1). */
+  processes?: number;
+}
 
 /** Descriptors a Deno process holds before any client: runtime, listener, log. */
 const FD_RESERVE = 40;
@@ -30,15 +40,10 @@ export function openFileLimit(): number | undefined {
   }
 }
 
-/**
- * Caps `maxConns` to the clients that `ulimit -n` leaves room for, at
- * `perClient` descriptors each, besides `fixed` ones, in each of `processes`.
- */
+/** Caps `maxConns` to the clients that fit under `ulimit -n` at `cost`. */
 export function capToFileLimit(
   maxConns: number,
-  perClient: number,
-  fixed = 0,
-  processes = 1,
+  { perClient = 1, fixed = 0, processes = 1 }: FdCost,
 ): { maxConns: number; note?: string } {
   const limit = openFileLimit();
   if (limit === undefined) return { maxConns };
@@ -55,42 +60,30 @@ export function capToFileLimit(
   };
 }
 
-/** File descriptors one served client costs a process of `spec`'s model. */
-export function fdsPerClient(
-  spec: ModelSpec,
-  extra: ServerOptions["extra"],
-): number {
-  return typeof spec.fdsPerClient === "function"
-    ? spec.fdsPerClient(extra)
-    : spec.fdsPerClient ?? 1;
-}
-
 /**
  * Why a pool of `size` workers cannot run under `ulimit -n`, in one line, or
  * undefined when it can: too few descriptors for the supervisor's pipes to
  * `size` worker processes, or for a client per worker thread.
  */
 export function poolOverFileLimit(
-  spec: ModelSpec,
+  { perClient = 1, fixed = 0, processes = 1 }: FdCost,
   options: ServerOptions,
   size: number,
 ): string | undefined {
-  const { extra } = options;
   const limit = openFileLimit();
   const fit = (each: number) =>
     Math.max(0, Math.floor(((limit ?? Infinity) - FD_RESERVE) / each));
   const runtime = `${FD_RESERVE} for the runtime`;
   // The supervising process holds pipes to each worker process: 4 file
   // descriptors for prefork's (measured), 2 for node:cluster's; 4 for both.
-  if ((spec.fdProcesses?.(extra) ?? 1) > 1 && fit(4) < size) {
+  if (processes > 1 && fit(4) < size) {
     const s = fit(4) === 1 ? "" : "es";
     return `ulimit -n ${limit} leaves room for ${fit(4)} worker process${s}, ` +
       `not ${size} (the supervisor holds 4 file descriptors per worker, ${runtime})`;
   }
   // Threads: one process; each worker holds its own descriptors and a client's.
   if (options.maxConns >= size || options.fdCapNote === undefined) return;
-  const perWorker = (spec.fdsFixed?.(extra) ?? 0) / size +
-    fdsPerClient(spec, extra);
+  const perWorker = fixed / size + perClient;
   const s = fit(perWorker) === 1 ? "" : "s";
   return `ulimit -n ${limit} leaves room for ${
     fit(perWorker)
