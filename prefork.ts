@@ -75,7 +75,8 @@ async function worker(): Promise<void> {
     options,
     (at) => Deno.listen({ ...at, reusePort: true }), // the kernel picks one
   );
-  const who = { pid: Deno.pid, worker: +slot }; // a pool worker: no banner
+  // A pool worker: the parent prints the one banner, and its word stops us.
+  const who = { pid: Deno.pid, worker: +slot };
   const server = new EchoServer(options, listener, { who });
   await obeyParent(server); // until the banner is out
   for (;;) {
