@@ -71,15 +71,10 @@ async function work(options: cli.ServerOptions): Promise<void> {
 /** The primary: forks the workers and keeps them; round-robin: deals too. */
 async function primary(options: cli.ServerOptions): Promise<void> {
   const size = pool.workersOf(options.extra);
-  // UNP serv05: the primary accepts; each client goes to the next worker
-  // with room, or waits here, unread, until one has.
+  // UNP serv05: the primary accepts, and deals each client to the next
+  // worker with room; it waits here, unread, until one has.
   const dealer = schedule(options) === "round-robin"
-    ? new Dealer(
-      net.createServer(
-        { pauseOnConnect: true },
-        (socket) => dealer!.deal(socket),
-      ),
-    )
+    ? new Dealer(net.createServer({ pauseOnConnect: true }))
     : undefined;
   cluster.schedulingPolicy = cluster.SCHED_NONE; // shared: the workers accept
   // Deno 2.9.6 forks process.argv[1], a placeholder ($deno$node.mjs) when the

@@ -284,7 +284,9 @@ export class Dealer {
   #closed = false;
 
   /** Deals what `acceptor` accepts (created with pauseOnConnect). */
-  constructor(readonly acceptor: Server) {}
+  constructor(readonly acceptor: Server) {
+    acceptor.on("connection", (socket: Socket) => this.deal(socket));
+  }
 
   /** Listens on `address`, or exits 1 with one line. */
   async listen(address: Address, script: string): Promise<void> {
