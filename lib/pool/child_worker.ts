@@ -12,7 +12,7 @@ import {
 } from "../process/children.ts";
 import type { EchoServer } from "../serve.ts";
 import { onShutdownSignal } from "../signals.ts";
-import { CommandedWorker, obey } from "./commands.ts";
+import { CommandedWorker, obey, processWorker } from "./commands.ts";
 
 /**
  * A worker process, started with stdin, stdout and stderr piped. Its log
@@ -20,20 +20,16 @@ import { CommandedWorker, obey } from "./commands.ts";
  * writes on stderr before it listens is why it could not start.
  */
 export class ChildWorker extends CommandedWorker {
-  /** `worker 2 (pid 4242)`. */
   readonly name: string;
-  /** `{ worker: 2, workerPid: 4242 }`, for JSON log lines. */
   readonly fields: Record<string, unknown>;
   #child: Deno.ChildProcess;
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
 
-  /** Takes over `child`, just spawned, as worker `number`. */
-  constructor(number: number, child: Deno.ChildProcess) {
+  /** Takes over `child`, just spawned, as worker `slot`. */
+  constructor(slot: number, child: Deno.ChildProcess) {
     super();
     this.#child = child;
-    const { pid } = child;
-    this.name = `worker ${number} (pid ${pid})`;
-    this.fields = { worker: number, workerPid: pid };
+    ({ name: this.name, fields: this.fields } = processWorker(slot, child.pid));
     this.#stdin = this.#child.stdin.getWriter();
     this.#reap();
   }

@@ -17,7 +17,7 @@ import { listenOrExit } from "../listen.ts";
 import { describeExit } from "../process/children.ts";
 import { EchoServer } from "../serve.ts";
 import { onShutdownSignal } from "../signals.ts";
-import { CommandedWorker } from "./commands.ts";
+import { CommandedWorker, processWorker } from "./commands.ts";
 import {
   type Address,
   connOf,
@@ -210,9 +210,7 @@ export class ClusterWorker {
  * IPC channel; its exit is reported with why it could not listen, if it said.
  */
 export class ClusterMember extends CommandedWorker {
-  /** `worker 2 (pid 4242)`. */
   readonly name: string;
-  /** `{ worker: 2, workerPid: 4242 }`, for JSON log lines. */
   readonly fields: Record<string, unknown>;
   /** Listening, and the banner is out (the dealer may hand it clients). */
   accepting = false;
@@ -228,8 +226,7 @@ export class ClusterMember extends CommandedWorker {
   ) {
     super();
     const { pid } = worker.process;
-    this.name = `worker ${slot} (pid ${pid})`;
-    this.fields = { worker: slot, workerPid: pid };
+    ({ name: this.name, fields: this.fields } = processWorker(slot, pid!));
     const started = performance.now();
     let error: string | undefined;
     dealer?.join(this);

@@ -13,6 +13,17 @@ import type { PoolWorker, WorkerExit } from "./supervisor.ts";
 /** How long a worker told to end gets before it is killed. */
 const KILL_AFTER_MS = 2_000;
 
+/** The log name and JSON fields of worker process `slot`: `worker 2 (pid 4242)`. */
+export function processWorker(
+  slot: number,
+  pid: number,
+): { name: string; fields: Record<string, unknown> } {
+  return {
+    name: `worker ${slot} (pid ${pid})`,
+    fields: { worker: slot, workerPid: pid },
+  };
+}
+
 /** What a worker says to its supervisor. */
 export type Answer = "listening" | "not-accepting" | "stopped";
 
