@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { formatMs } from "../log.ts";
+import { formatMs, tenths } from "../log.ts";
 
 /**
  * Calls `onLine` for each line of a child's stdout or stderr until it ends or
@@ -91,6 +91,6 @@ export function describeExit(
 } {
   const { code, signal } = status;
   const how = signal ? `killed by ${signal}` : `exited with code ${code}`;
-  const fields = { code, signal, ms: Math.round(ms * 10) / 10 };
+  const fields = { code, signal, ms: tenths(ms) };
   return { text: `${how} after ${formatMs(ms)}`, fields };
 }
